@@ -1,0 +1,193 @@
+// Package broker is the backbone between nodes: it orders and stores room
+// messages, carries events between nodes, and keeps cluster-wide presence.
+// The Hub never calls it; connections and the REST API do, and a broker hands
+// what it receives to its node through a Handler.
+//
+// Two implementations keep the same contract and pass the same suite
+// (package brokertest): memory, one process (and several nodes in it for
+// tests), and Redis, any number of processes.
+package broker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"chat/internal/protocol"
+)
+
+// ErrUnavailable means the backbone could not confirm an operation: for a
+// Publish the outcome is unknown, and a retry with the same Key is safe.
+var ErrUnavailable = errors.New("broker unavailable")
+
+// Broker is one node's handle on the backbone. All methods are safe for
+// concurrent use.
+//
+// The invariants every implementation keeps:
+//
+//   - Publish is one atomic step per room: check the idempotency key, take
+//     the room's next seq, append to history, and publish to every node
+//     subscribed to the room. Were these separate, two nodes could publish
+//     seq 7 and 8 in the order 8, 7, or a reader of history could see seq 8
+//     before it is delivered and recover a state that later changes.
+//   - Seqs of a room are 1, 2, 3, ... within an epoch, with no gaps and no
+//     repeats. The epoch is a random string made when the sequence starts
+//     (a new room, or one whose history was lost). Without it a client that
+//     saw epoch A up to seq 3 and returns after the room restarted as
+//     epoch B at seq 5 would be told it missed only 4 and 5 of a different
+//     sequence.
+//   - Deliveries of one topic reach a node's Handler in publish order, and
+//     room messages in seq order.
+//   - Subscribe returns once the subscription is active: every publication
+//     on the topic made after it returns is delivered to this node.
+//   - Presence of a node that stops refreshing (it died) expires after the
+//     configured presence TTL without help from anyone.
+type Broker interface {
+	// Publish stores and publishes a room message. A repeated (room, from,
+	// key) within the key window publishes nothing and returns the first
+	// message. Errors wrap ErrUnavailable when the outcome is unknown.
+	Publish(ctx context.Context, p Publication) (protocol.Message, error)
+
+	// History reads a room's history; it starts the room's epoch if there
+	// is none yet, so that a client always has an epoch to recover from.
+	History(ctx context.Context, room string, q HistoryQuery) (History, error)
+
+	// Subscribe and Unsubscribe start and stop delivery of a topic to this
+	// node. They are idempotent; callers count references.
+	Subscribe(ctx context.Context, topic Topic) error
+	Unsubscribe(ctx context.Context, topic Topic) error
+
+	// Emit delivers a best-effort event to the nodes subscribed to a topic,
+	// or to every node for BroadcastTopic (at most once, no history).
+	Emit(ctx context.Context, d Delivery) error
+
+	// Connect and Disconnect record a connection of a user; Join and Leave
+	// record its presence in a room.
+	Connect(ctx context.Context, c Conn) error
+	Disconnect(ctx context.Context, c Conn) error
+	Join(ctx context.Context, room string, c Conn) error
+	Leave(ctx context.Context, room string, c Conn) error
+
+	// Members lists a room's users with their connection counts, sorted by user.
+	Members(ctx context.Context, room string) ([]protocol.Member, error)
+	// Rooms lists every room with at least one member present.
+	Rooms(ctx context.Context) ([]RoomInfo, error)
+	// UserConnections counts a user's connections on every node.
+	UserConnections(ctx context.Context, user string) (int, error)
+
+	// Ping reports whether the backbone answers.
+	Ping(ctx context.Context) error
+	// Close stops deliveries and releases the node's resources; its
+	// presence is removed where the backbone can still be reached.
+	Close() error
+}
+
+// Handler receives a node's deliveries. It is called from the broker's
+// goroutines, in order per topic, and must not call back into the broker.
+type Handler func(Delivery)
+
+// Publication is a room message to publish.
+type Publication struct {
+	Room string
+	From string
+	Text string
+	Key  string // idempotency key; "" for none
+	ID   string // message id, unique across the cluster, made by the caller
+}
+
+// HistoryQuery selects messages of a room, oldest first in the result.
+type HistoryQuery struct {
+	After  int64 // only seqs greater than After (recovery); 0: no bound
+	Before int64 // only seqs less than Before; 0: no bound
+	Limit  int   // at most Limit messages, the newest that match; 0: all kept
+}
+
+// History is a page of a room's history and the room's head.
+type History struct {
+	Epoch    string
+	Seq      int64 // the room's last seq (0 before any message)
+	Messages []protocol.Message
+}
+
+// Conn identifies one connection in presence.
+type Conn struct {
+	Client string
+	User   string
+	Node   string
+}
+
+// RoomInfo is a room with its number of distinct users present and its head seq.
+type RoomInfo struct {
+	Room    string
+	Members int
+	Seq     int64
+}
+
+// Kind says what a Delivery carries.
+type Kind int
+
+const (
+	KindMessage Kind = iota + 1 // a room message (Message and Payload set)
+	KindEvent                   // a best-effort event (Payload) for a topic's local clients
+	KindKick                    // close the connections of Topic's user with 4003
+)
+
+// Delivery is what a node receives from the backbone.
+type Delivery struct {
+	Kind    Kind
+	Topic   Topic
+	Message protocol.Message // KindMessage
+	Payload []byte           // the encoded event, shared by every recipient
+	Exclude string           // a client id that must not receive it
+}
+
+// Topic names what a subscription or event is about.
+type Topic struct {
+	Kind TopicKind
+	Name string // room or user name; empty for TopicBroadcast
+}
+
+// TopicKind separates room, user and broadcast topics so that no name of
+// one kind can collide with another.
+type TopicKind int
+
+const (
+	TopicRoom TopicKind = iota + 1
+	TopicUser
+	TopicBroadcast
+)
+
+// Room, User and Broadcast build topics.
+func Room(name string) Topic { return Topic{Kind: TopicRoom, Name: name} }
+func User(name string) Topic { return Topic{Kind: TopicUser, Name: name} }
+
+// BroadcastTopic reaches every node.
+var BroadcastTopic = Topic{Kind: TopicBroadcast}
+
+// Options configure history and presence; both implementations take them.
+type Options struct {
+	HistorySize int
+	HistoryTTL  time.Duration
+	PresenceTTL time.Duration
+	KeyTTL      time.Duration // idempotency window
+}
+
+// DefaultKeyTTL is how long an idempotency key is remembered (SPEC §3).
+const DefaultKeyTTL = 5 * time.Minute
+
+// WithDefaults fills unset options with the SPEC's defaults.
+func (o Options) WithDefaults() Options {
+	if o.HistorySize <= 0 {
+		o.HistorySize = 200
+	}
+	if o.HistoryTTL <= 0 {
+		o.HistoryTTL = 24 * time.Hour
+	}
+	if o.PresenceTTL <= 0 {
+		o.PresenceTTL = time.Minute
+	}
+	if o.KeyTTL <= 0 {
+		o.KeyTTL = DefaultKeyTTL
+	}
+	return o
+}

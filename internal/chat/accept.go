@@ -1,0 +1,120 @@
+package chat
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+
+	"chat/internal/broker"
+	"chat/internal/hub"
+	"chat/internal/protocol"
+
+	"github.com/gorilla/websocket"
+	"github.com/zeromicro/go-zero/rest/httpx"
+)
+
+type userKey struct{}
+
+// WithUser records the user that token auth established for a request.
+func WithUser(ctx context.Context, user string) context.Context {
+	return context.WithValue(ctx, userKey{}, user)
+}
+
+func userFrom(ctx context.Context) (string, bool) {
+	user, ok := ctx.Value(userKey{}).(string)
+	return user, ok
+}
+
+// writeBufferPool shares write buffers between connections: a buffer is held
+// only while a frame is written, so idle connections hold none.
+var writeBufferPool sync.Pool
+
+// WriteError answers a refused request with the JSON error body of the REST API.
+func WriteError(w http.ResponseWriter, r *http.Request, status int, code, message string) {
+	httpx.WriteJsonCtx(r.Context(), w, status, protocol.Error{Code: code, Message: message})
+}
+
+// ServeWS admits a WebSocket connection: it checks the node's state, the
+// origin, the name and the connection cap before the upgrade, then starts
+// the connection's pumps and returns at once (SPEC §10: a handler that
+// stays in the request holds go-zero's MaxConns slot and its timeouts).
+func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
+	if n.draining.Load() {
+		WriteError(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "server shutting down")
+		return
+	}
+	if !n.originAllowed(r) {
+		WriteError(w, r, http.StatusForbidden, protocol.CodeUnauthorized, "origin not allowed")
+		return
+	}
+	user, authed := userFrom(r.Context())
+	if !authed {
+		name := r.URL.Query().Get("name")
+		if strings.TrimSpace(name) == "" {
+			user = "guest-" + NewNodeID()[:8]
+		} else {
+			var err error
+			if user, err = protocol.NormalizeName(name); err != nil {
+				WriteError(w, r, http.StatusBadRequest, protocol.CodeBadRequest, protocol.AsError(err).Message)
+				return
+			}
+		}
+	}
+	if n.admitted.Add(1) > int64(n.cfg.MaxConnections) {
+		n.admitted.Add(-1)
+		WriteError(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "too many connections")
+		return
+	}
+	upgrader := websocket.Upgrader{
+		ReadBufferSize:  1024,
+		WriteBufferSize: 4096,
+		WriteBufferPool: &writeBufferPool,
+		CheckOrigin:     func(*http.Request) bool { return true }, // checked above
+		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
+			WriteError(w, r, status, protocol.CodeBadRequest, reason.Error())
+		},
+	}
+	ws, err := upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		n.admitted.Add(-1)
+		return // the upgrader answered
+	}
+	id := n.newID()
+	c := &Conn{
+		node:      n,
+		ws:        ws,
+		client:    hub.NewClient(id, user, n.cfg.MaxQueueBytes),
+		presence:  broker.Conn{Client: id, User: user, Node: n.ID},
+		limiter:   newTokenBucket(n.cfg.RateLimit, n.cfg.RateBurst),
+		rooms:     make(map[string]struct{}),
+		readDone:  make(chan struct{}),
+		writeDone: make(chan struct{}),
+	}
+	n.mu.Lock()
+	n.conns[c] = struct{}{}
+	n.mu.Unlock()
+	n.wg.Add(1)
+	go c.writePump()
+	go c.readPump()
+}
+
+// originAllowed: no Origin (not a browser), the page's own host, or one of
+// Chat.AllowedOrigins ("*": any).
+func (n *Node) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err == nil && strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, allowed := range n.cfg.AllowedOrigins {
+		if allowed == "*" || strings.EqualFold(strings.TrimSuffix(allowed, "/"), origin) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,230 @@
+package chat
+
+import (
+	"bytes"
+	"context"
+	"time"
+	"unicode/utf8"
+
+	"chat/internal/broker"
+	"chat/internal/hub"
+	"chat/internal/protocol"
+
+	"github.com/gorilla/websocket"
+	"github.com/zeromicro/go-zero/core/logx"
+)
+
+const (
+	// writeWait bounds one socket write; a reader that takes longer is gone.
+	writeWait = 10 * time.Second
+	// closeGrace is how long a close frame waits for the peer's answer
+	// before the socket is closed anyway.
+	closeGrace = 2 * time.Second
+	// maxFrameOut caps a batched outgoing frame; more events start another.
+	maxFrameOut = 64 << 10
+)
+
+var newline = []byte{'\n'}
+
+// Conn is one WebSocket connection. Its read pump is the only reader of ws
+// and runs its commands in order; its write pump is the only writer of data
+// frames (control frames may be written by either, as gorilla allows).
+type Conn struct {
+	node     *Node
+	ws       *websocket.Conn
+	client   *hub.Client
+	presence broker.Conn
+	limiter  *tokenBucket
+
+	rooms   map[string]struct{} // rooms joined; read pump only
+	closing bool                // read pump only: a close was requested, frames are ignored
+
+	readDone  chan struct{} // closed when the read pump stops reading
+	writeDone chan struct{} // closed when the write pump has closed the socket
+}
+
+// readPump reads frames, runs their commands, and cleans up after the
+// connection when reading ends.
+func (c *Conn) readPump() {
+	defer c.cleanup()
+	defer func() {
+		if p := recover(); p != nil {
+			logx.Errorf("connection %s: panic: %v", c.client.ID, p)
+			c.client.Close(hub.CloseRequest{Code: websocket.CloseInternalServerErr, Text: "internal error"})
+		}
+	}()
+	if !c.start() {
+		return
+	}
+	cfg := c.node.cfg
+	c.ws.SetReadLimit(int64(cfg.MaxFrameBytes)) // over it gorilla answers 1009 and the read fails
+	alive := func() { _ = c.ws.SetReadDeadline(time.Now().Add(cfg.PongTimeout)) }
+	alive()
+	c.ws.SetPongHandler(func(string) error { alive(); return nil })
+	for {
+		kind, data, err := c.ws.ReadMessage()
+		if err != nil {
+			return
+		}
+		alive()
+		switch {
+		case c.closing:
+			// A close was requested: wait for the peer's close frame.
+		case kind != websocket.TextMessage:
+			c.closeWith(websocket.CloseUnsupportedData, "binary frames are not accepted")
+		case !utf8.Valid(data):
+			c.closeWith(websocket.CloseInvalidFramePayloadData, "text frame is not valid UTF-8")
+		default:
+			c.handleFrame(data)
+		}
+	}
+}
+
+func (c *Conn) closeWith(code int, text string) {
+	c.closing = true
+	c.client.Close(hub.CloseRequest{Code: code, Text: text})
+}
+
+// start registers the connection: the user's topic first, so that a direct
+// message sent once the user shows as online reaches it; the welcome before
+// the Hub can queue anything else.
+func (c *Conn) start() bool {
+	n := c.node
+	ctx, cancel := brokerContext(context.Background())
+	defer cancel()
+	if err := n.subs.acquire(ctx, broker.User(c.client.User)); err != nil {
+		logx.Errorf("connection %s: subscribe user: %v", c.client.ID, err)
+		c.client.Close(hub.CloseRequest{Code: websocket.CloseTryAgainLater, Text: "broker unavailable"})
+		return false
+	}
+	c.client.Enqueue(protocol.MustEncode(protocol.Welcome{
+		Type: "welcome", Client: c.client.ID, User: c.client.User, Node: n.ID,
+		Limits: protocol.Limits{MaxText: n.cfg.MaxText, MaxRooms: n.cfg.MaxRooms, Rate: n.cfg.RateLimit},
+	}))
+	if err := n.hub.Register(c.client); err != nil {
+		c.client.Close(hub.CloseRequest{Code: websocket.CloseGoingAway, Text: "server shutting down"})
+		return false
+	}
+	if err := n.broker.Connect(ctx, c.presence); err != nil {
+		logx.Errorf("connection %s: presence: %v", c.client.ID, err)
+	}
+	return true
+}
+
+// cleanup runs when reading ends: the connection leaves its rooms (members
+// get "left"), presence and the Hub, and waits for the write pump.
+func (c *Conn) cleanup() {
+	close(c.readDone)
+	n := c.node
+	n.hub.Unregister(c.client)
+	ctx, cancel := brokerContext(context.Background())
+	defer cancel()
+	for room := range c.rooms {
+		c.leaveRoom(ctx, room)
+	}
+	if err := n.broker.Disconnect(ctx, c.presence); err != nil {
+		logx.Errorf("connection %s: presence: %v", c.client.ID, err)
+	}
+	if err := n.subs.release(ctx, broker.User(c.client.User)); err != nil {
+		logx.Errorf("connection %s: unsubscribe user: %v", c.client.ID, err)
+	}
+	<-c.writeDone
+	n.mu.Lock()
+	delete(n.conns, c)
+	n.mu.Unlock()
+	n.admitted.Add(-1)
+	n.wg.Done()
+}
+
+// writePump writes queued events, batched into frames of newline-separated
+// JSON, sends pings, and closes the socket.
+func (c *Conn) writePump() {
+	ticker := time.NewTicker(c.node.cfg.PingInterval)
+	defer func() {
+		ticker.Stop()
+		_ = c.ws.Close()
+		close(c.writeDone)
+	}()
+	for {
+		select {
+		case <-c.client.Wake():
+			batch, closing := c.client.Drain()
+			if len(batch) > 0 {
+				if err := c.writeBatch(batch); err != nil {
+					return
+				}
+			}
+			if closing != nil {
+				c.writeClose(closing)
+				return
+			}
+		case <-ticker.C:
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+				return
+			}
+		case <-c.readDone:
+			return
+		}
+	}
+}
+
+func (c *Conn) writeBatch(batch [][]byte) error {
+	_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
+	w, err := c.ws.NextWriter(websocket.TextMessage)
+	if err != nil {
+		return err
+	}
+	size := 0
+	for i, event := range batch {
+		if i > 0 {
+			if size+len(event) > maxFrameOut {
+				if err := w.Close(); err != nil {
+					return err
+				}
+				if w, err = c.ws.NextWriter(websocket.TextMessage); err != nil {
+					return err
+				}
+				size = 0
+			} else {
+				_, _ = w.Write(newline)
+				size++
+			}
+		}
+		if _, err := w.Write(event); err != nil {
+			return err
+		}
+		size += len(event)
+	}
+	return w.Close()
+}
+
+// writeClose sends the close frame and waits briefly for the peer's answer,
+// so that the peer reads the code before the socket goes.
+func (c *Conn) writeClose(req *hub.CloseRequest) {
+	if req.Code == 0 {
+		return
+	}
+	msg := websocket.FormatCloseMessage(req.Code, req.Text)
+	if err := c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(writeWait)); err != nil {
+		return
+	}
+	select {
+	case <-c.readDone:
+	case <-time.After(closeGrace):
+	}
+}
+
+// handleFrame runs each newline-separated command of a frame in order.
+func (c *Conn) handleFrame(data []byte) {
+	for len(data) > 0 {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		if line = bytes.TrimSpace(line); len(line) > 0 {
+			c.handleCommand(line)
+		}
+	}
+}

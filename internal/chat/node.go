@@ -1,0 +1,312 @@
+// Package chat is one node of the chat service: it admits WebSocket
+// connections, runs their read and write pumps, carries out their commands
+// and the REST API's, and wires the Hub to the broker.
+package chat
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"chat/internal/broker"
+	"chat/internal/config"
+	"chat/internal/hub"
+	"chat/internal/protocol"
+
+	"github.com/zeromicro/go-zero/core/logx"
+)
+
+// brokerTimeout bounds every broker call, so that a command answers
+// "unavailable" instead of hanging while the backbone is unreachable.
+const brokerTimeout = 5 * time.Second
+
+// Node is one process of the service. Its methods are safe for concurrent use.
+type Node struct {
+	ID  string
+	cfg config.ChatConf
+
+	hub     *hub.Hub
+	broker  broker.Broker
+	subs    *subscriptions
+	started time.Time
+
+	nextID   atomic.Uint64
+	received atomic.Int64
+
+	admitted atomic.Int64 // connections admitted and not yet ended, for Chat.MaxConnections
+	draining atomic.Bool
+	shutdown sync.Once
+
+	mu    sync.Mutex
+	conns map[*Conn]struct{} // live connections, for the shutdown deadline
+	wg    sync.WaitGroup     // one per live connection
+}
+
+// NewBroker makes the node's broker, given the handler it must deliver to.
+type NewBroker func(broker.Handler) (broker.Broker, error)
+
+// NewNode makes and starts a node.
+func NewNode(cfg config.ChatConf, newBroker NewBroker) (*Node, error) {
+	h := hub.New(4096)
+	b, err := newBroker(h.Deliver)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		ID:      NewNodeID(),
+		cfg:     cfg,
+		hub:     h,
+		broker:  b,
+		subs:    newSubscriptions(b),
+		started: time.Now(),
+		conns:   make(map[*Conn]struct{}),
+	}
+	go h.Run()
+	return n, nil
+}
+
+// NewNodeID is random per process, so that two replicas on one host differ.
+func NewNodeID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// newID makes an id unique across the cluster: the node's id and a counter.
+func (n *Node) newID() string {
+	return fmt.Sprintf("%s-%x", n.ID, n.nextID.Add(1))
+}
+
+func brokerContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, brokerTimeout)
+}
+
+// brokerError turns a broker failure into the protocol's "unavailable".
+func brokerError(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		return err
+	}
+	metrics.brokerErrors.Inc()
+	logx.Errorf("broker %s: %v", op, err)
+	return protocol.Errorf(protocol.CodeUnavailable, "the message broker is unavailable; retrying with the same key is safe")
+}
+
+// Publish validates and publishes a room message from user.
+func (n *Node) Publish(ctx context.Context, room, from, text, key string) (protocol.Message, error) {
+	if err := protocol.CheckRoom(room); err != nil {
+		return protocol.Message{}, err
+	}
+	if err := protocol.CheckText(text, n.cfg.MaxText); err != nil {
+		return protocol.Message{}, err
+	}
+	ctx, cancel := brokerContext(ctx)
+	defer cancel()
+	start := time.Now()
+	msg, err := n.broker.Publish(ctx, broker.Publication{Room: room, From: from, Text: text, Key: key, ID: n.newID()})
+	metrics.publishSeconds.Observe(time.Since(start).Seconds())
+	n.received.Add(1)
+	return msg, brokerError("publish to "+room, err)
+}
+
+// History reads a page of a room's history: limit 1..100 (0: 50), before a seq.
+func (n *Node) History(ctx context.Context, room string, before int64, limit int) ([]protocol.Message, error) {
+	if err := protocol.CheckRoom(room); err != nil {
+		return nil, err
+	}
+	switch {
+	case limit == 0:
+		limit = defaultHistory
+	case limit < 1 || limit > maxHistoryPage:
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "limit must be 1 to %d", maxHistoryPage)
+	case before < 0:
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "before must be a seq")
+	}
+	ctx, cancel := brokerContext(ctx)
+	defer cancel()
+	h, err := n.broker.History(ctx, room, broker.HistoryQuery{Before: before, Limit: limit})
+	if err != nil {
+		return nil, brokerError("history of "+room, err)
+	}
+	return nonNil(h.Messages), nil
+}
+
+const (
+	defaultHistory = 50  // messages in a join reply and a history page by default
+	maxHistoryPage = 100 // largest history page
+)
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// Members lists a room's members cluster-wide.
+func (n *Node) Members(ctx context.Context, room string) ([]protocol.Member, error) {
+	if err := protocol.CheckRoom(room); err != nil {
+		return nil, err
+	}
+	ctx, cancel := brokerContext(ctx)
+	defer cancel()
+	m, err := n.broker.Members(ctx, room)
+	return nonNil(m), brokerError("members of "+room, err)
+}
+
+// Rooms lists the rooms with someone present, cluster-wide.
+func (n *Node) Rooms(ctx context.Context) ([]broker.RoomInfo, error) {
+	ctx, cancel := brokerContext(ctx)
+	defer cancel()
+	r, err := n.broker.Rooms(ctx)
+	return nonNil(r), brokerError("rooms", err)
+}
+
+// UserConnections counts a user's connections cluster-wide.
+func (n *Node) UserConnections(ctx context.Context, user string) (int, error) {
+	ctx, cancel := brokerContext(ctx)
+	defer cancel()
+	count, err := n.broker.UserConnections(ctx, user)
+	return count, brokerError("presence of "+user, err)
+}
+
+// Direct sends a direct message to every connection of user to, and a copy
+// to the sender's other connections (all but exclude). It reports how many
+// connections the recipient has; none is the error user_offline.
+func (n *Node) Direct(ctx context.Context, from, to, text, exclude string) (protocol.Direct, int, error) {
+	if err := protocol.CheckText(text, n.cfg.MaxText); err != nil {
+		return protocol.Direct{}, 0, err
+	}
+	online, err := n.UserConnections(ctx, to)
+	if err != nil {
+		return protocol.Direct{}, 0, err
+	}
+	if online == 0 {
+		return protocol.Direct{}, 0, protocol.Errorf(protocol.CodeUserOffline, "%s is not connected", to)
+	}
+	d := protocol.Direct{Type: "direct", ID: n.newID(), From: from, To: to, Text: text, TS: time.Now().UnixMilli()}
+	payload := protocol.MustEncode(d)
+	ctx, cancel := brokerContext(ctx)
+	defer cancel()
+	n.received.Add(1)
+	if err := n.broker.Emit(ctx, broker.Delivery{Kind: broker.KindEvent, Topic: broker.User(to), Payload: payload, Exclude: exclude}); err != nil {
+		return d, 0, brokerError("direct to "+to, err)
+	}
+	if from != to {
+		if err := n.broker.Emit(ctx, broker.Delivery{Kind: broker.KindEvent, Topic: broker.User(from), Payload: payload, Exclude: exclude}); err != nil {
+			return d, 0, brokerError("direct copy to "+from, err)
+		}
+	}
+	return d, online, nil
+}
+
+// Notice announces text to every connection, or to a room's members.
+func (n *Node) Notice(ctx context.Context, room, text string) (protocol.Notice, error) {
+	topic := broker.BroadcastTopic
+	if room != "" {
+		if err := protocol.CheckRoom(room); err != nil {
+			return protocol.Notice{}, err
+		}
+		topic = broker.Room(room)
+	}
+	if err := protocol.CheckText(text, n.cfg.MaxText); err != nil {
+		return protocol.Notice{}, err
+	}
+	notice := protocol.Notice{Type: "notice", Text: text, TS: time.Now().UnixMilli(), Room: room}
+	ctx, cancel := brokerContext(ctx)
+	defer cancel()
+	err := n.broker.Emit(ctx, broker.Delivery{Kind: broker.KindEvent, Topic: topic, Payload: protocol.MustEncode(notice)})
+	return notice, brokerError("notice", err)
+}
+
+// Kick closes every connection of user on every node with 4003 and reports
+// how many there were.
+func (n *Node) Kick(ctx context.Context, user string) (int, error) {
+	count, err := n.UserConnections(ctx, user)
+	if err != nil || count == 0 {
+		return 0, err
+	}
+	ctx, cancel := brokerContext(ctx)
+	defer cancel()
+	err = n.broker.Emit(ctx, broker.Delivery{Kind: broker.KindKick, Topic: broker.User(user)})
+	return count, brokerError("kick "+user, err)
+}
+
+// Stats are this node's counters (GET /api/stats).
+type Stats struct {
+	Node          string
+	Connections   int64
+	Rooms         int64
+	UptimeSeconds int64
+	Received      int64
+	Delivered     int64
+	SlowConsumers int64
+}
+
+// Stats reads this node's counters.
+func (n *Node) Stats() Stats {
+	s := n.hub.Stats()
+	return Stats{
+		Node:          n.ID,
+		Connections:   s.Connections,
+		Rooms:         s.Rooms,
+		UptimeSeconds: int64(time.Since(n.started).Seconds()),
+		Received:      n.received.Load(),
+		Delivered:     s.Delivered,
+		SlowConsumers: s.SlowConsumers,
+	}
+}
+
+// Ready reports whether the node takes connections: the Hub runs, the node
+// is not draining, and the broker answers.
+func (n *Node) Ready(ctx context.Context) error {
+	if n.draining.Load() || !n.hub.Running() {
+		return protocol.Errorf(protocol.CodeUnavailable, "shutting down")
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := n.broker.Ping(ctx); err != nil {
+		return protocol.Errorf(protocol.CodeUnavailable, "broker unavailable: %v", err)
+	}
+	return nil
+}
+
+// StopAccepting makes /readyz and new /ws answer 503.
+func (n *Node) StopAccepting() { n.draining.Store(true) }
+
+// Shutdown stops taking connections, closes every connection with 1001
+// after what is queued is written (bounded by Chat.DrainTimeout), then stops
+// the Hub and the broker. Every call returns once that is done.
+func (n *Node) Shutdown() { n.shutdown.Do(n.drain) }
+
+func (n *Node) drain() {
+	n.StopAccepting()
+	n.hub.CloseAll(hub.CloseRequest{Code: 1001, Text: "server shutting down", Flush: true})
+	done := make(chan struct{})
+	go func() {
+		n.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(n.cfg.DrainTimeout):
+		n.mu.Lock()
+		for c := range n.conns {
+			_ = c.ws.Close()
+		}
+		n.mu.Unlock()
+		<-done
+	}
+	n.hub.Stop()
+	if err := n.broker.Close(); err != nil {
+		logx.Errorf("close broker: %v", err)
+	}
+}

@@ -1,0 +1,51 @@
+// Code scaffolded by goctl. Safe to edit.
+// goctl 1.9.2
+
+package config
+
+import (
+	"time"
+
+	"github.com/zeromicro/go-zero/rest"
+)
+
+// Config mirrors etc/chat-api.yaml. The keys are part of the contract
+// (SPEC §5); env tags let a container be configured by environment alone.
+type Config struct {
+	rest.RestConf
+	Chat  ChatConf
+	Redis RedisConf
+	Auth  AuthConf
+}
+
+// ChatConf holds the chat's limits and timings.
+type ChatConf struct {
+	MaxFrameBytes  int           `json:",default=16384"`
+	MaxText        int           `json:",default=2000"`
+	MaxRooms       int           `json:",default=32"`
+	RateLimit      float64       `json:",default=20"`
+	RateBurst      int           `json:",default=40"`
+	MaxQueueBytes  int           `json:",default=1048576"`
+	MaxConnections int           `json:",default=100000"`
+	PingInterval   time.Duration `json:",default=25s"`
+	PongTimeout    time.Duration `json:",default=60s"`
+	HistorySize    int           `json:",default=200"`
+	HistoryTTL     time.Duration `json:",default=24h"`
+	PresenceTTL    time.Duration `json:",default=60s"`
+	DrainTimeout   time.Duration `json:",default=10s"`
+	AllowedOrigins []string      `json:",optional"`
+	ApiKey         string        `json:",optional,env=CHAT_API_KEY"`
+}
+
+// RedisConf selects the broker: an empty Addr runs one node in memory.
+type RedisConf struct {
+	Addr     string `json:",optional,env=CHAT_REDIS_ADDR"`
+	Password string `json:",optional"`
+	DB       int    `json:",default=0"`
+	Prefix   string `json:",default=chat"`
+}
+
+// AuthConf turns on token auth on /ws when AccessSecret is set.
+type AuthConf struct {
+	AccessSecret string `json:",optional,env=CHAT_ACCESS_SECRET"`
+}

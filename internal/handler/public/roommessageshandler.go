@@ -1,0 +1,31 @@
+// Code scaffolded by goctl. Safe to edit.
+// goctl 1.9.2
+
+package public
+
+import (
+	"net/http"
+
+	"chat/internal/logic/public"
+	"chat/internal/svc"
+	"chat/internal/types"
+	"github.com/zeromicro/go-zero/rest/httpx"
+)
+
+func RoomMessagesHandler(svcCtx *svc.ServiceContext) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req types.MessagesReq
+		if err := httpx.Parse(r, &req); err != nil {
+			httpx.ErrorCtx(r.Context(), w, err)
+			return
+		}
+
+		l := public.NewRoomMessagesLogic(r.Context(), svcCtx)
+		resp, err := l.RoomMessages(&req)
+		if err != nil {
+			httpx.ErrorCtx(r.Context(), w, err)
+		} else {
+			httpx.OkJsonCtx(r.Context(), w, resp)
+		}
+	}
+}

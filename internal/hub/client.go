@@ -1,0 +1,112 @@
+package hub
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// Client is the Hub's view of one connection: its identity and its outbound
+// queue. The Hub and the connection's read pump enqueue; only the
+// connection's write pump drains (Drain). The queue is bounded in bytes, not
+// events: a healthy reader that lags while the CPU is saturated keeps up in
+// bytes, while one that stopped reading does not.
+type Client struct {
+	ID   string
+	User string
+
+	maxQueue int
+	wake     chan struct{} // capacity 1: "there is something to write or a close"
+
+	mu      sync.Mutex // guards the fields below; held only for O(1) work, never across I/O
+	queue   [][]byte
+	spare   [][]byte // the slice the write pump returned, reused to avoid allocating per batch
+	queued  int      // bytes in queue
+	closing *CloseRequest
+
+	slow *atomic.Int64 // the Hub's slow-consumer counter
+}
+
+// CloseRequest says how a connection is to be closed.
+type CloseRequest struct {
+	Code  int    // WebSocket close code; 0: the peer is already gone, just stop
+	Text  string // close reason
+	Flush bool   // write what is queued first
+}
+
+// NewClient makes a client whose queue holds at most maxQueueBytes (one
+// event is always admitted to an empty queue).
+func NewClient(id, user string, maxQueueBytes int) *Client {
+	return &Client{ID: id, User: user, maxQueue: maxQueueBytes, wake: make(chan struct{}, 1)}
+}
+
+// Enqueue adds an encoded event to the queue without blocking. A client
+// whose queue would exceed its limit is closed as a slow consumer (4008) and
+// the event dropped; it reports whether the event was queued.
+func (c *Client) Enqueue(event []byte) bool {
+	c.mu.Lock()
+	if c.closing != nil {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.queue) > 0 && c.queued+len(event) > c.maxQueue {
+		c.closing = &CloseRequest{Code: 4008, Text: "slow consumer"}
+		c.queue, c.queued = nil, 0
+		c.mu.Unlock()
+		if c.slow != nil {
+			c.slow.Add(1)
+		}
+		c.signal()
+		return false
+	}
+	c.queue = append(c.queue, event)
+	c.queued += len(event)
+	c.mu.Unlock()
+	c.signal()
+	return true
+}
+
+// Close asks the write pump to close the connection. The first request wins.
+func (c *Client) Close(req CloseRequest) {
+	c.mu.Lock()
+	if c.closing != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = &req
+	if !req.Flush {
+		c.queue, c.queued = nil, 0
+	}
+	c.mu.Unlock()
+	c.signal()
+}
+
+func (c *Client) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Wake is signalled when Drain has something to return.
+func (c *Client) Wake() <-chan struct{} { return c.wake }
+
+// Drain hands the write pump everything queued, and the close request once
+// the queue is empty. The returned slice is the writer's until its next
+// call to Drain.
+func (c *Client) Drain() ([][]byte, *CloseRequest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	batch := c.queue
+	for i := range c.spare {
+		c.spare[i] = nil // let the previous batch's events be collected
+	}
+	c.queue, c.spare, c.queued = c.spare[:0], batch, 0
+	return batch, c.closing
+}
+
+// Closing reports whether a close was requested.
+func (c *Client) Closing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing != nil
+}

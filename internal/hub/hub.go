@@ -1,0 +1,346 @@
+// Package hub fans events out to a node's connections. One goroutine, the
+// Hub's loop, owns every client, room and membership; nothing else reads or
+// changes them. The loop never blocks on a client (Enqueue does not block)
+// and does no I/O: connections and the broker talk to it through channels.
+package hub
+
+import (
+	"errors"
+	"sync/atomic"
+
+	"chat/internal/broker"
+	"chat/internal/protocol"
+)
+
+// ErrStopped is returned by calls made after the Hub stopped.
+var ErrStopped = errors.New("hub stopped")
+
+// Hub is one node's fan-out. Start it with Run; all methods are safe for
+// concurrent use.
+type Hub struct {
+	register   chan *Client
+	unregister chan *Client
+	joins      chan *JoinRequest
+	leaves     chan leaveRequest
+	deliveries chan broker.Delivery
+	closeAll   chan CloseRequest
+	quit       chan struct{}
+	done       chan struct{}
+
+	// Owned by the loop.
+	clients map[*Client]struct{}
+	users   map[string]map[*Client]struct{}
+	rooms   map[string]*room
+
+	connections atomic.Int64
+	roomCount   atomic.Int64
+	delivered   atomic.Int64
+	slow        atomic.Int64
+}
+
+// room is a room with local members.
+type room struct {
+	epoch   string
+	lastSeq int64             // the last seq delivered to the room's members
+	members map[*Client]int64 // member -> the seq its join reply covered; later ones are delivered
+}
+
+// New makes a Hub; deliveryBuffer bounds the deliveries waiting for the
+// loop (the broker waits, not the loop, when it is full).
+func New(deliveryBuffer int) *Hub {
+	return &Hub{
+		register:   make(chan *Client),
+		unregister: make(chan *Client, 64),
+		joins:      make(chan *JoinRequest),
+		leaves:     make(chan leaveRequest),
+		deliveries: make(chan broker.Delivery, deliveryBuffer),
+		closeAll:   make(chan CloseRequest),
+		quit:       make(chan struct{}),
+		done:       make(chan struct{}),
+		clients:    make(map[*Client]struct{}),
+		users:      make(map[string]map[*Client]struct{}),
+		rooms:      make(map[string]*room),
+	}
+}
+
+// JoinRequest adds a client to a room. The caller read the room's history
+// up to (Epoch, Seq) after the node subscribed to the room, and encoded the
+// join reply (Reply) from it. The Hub queues Reply to the client and from
+// then on delivers every message after Seq, so the member sees each message
+// once: in the reply or as an event.
+type JoinRequest struct {
+	Client *Client
+	Room   string
+	Epoch  string
+	Seq    int64
+	Reply  []byte
+	result chan JoinResult
+}
+
+// JoinResult says whether a join took effect.
+type JoinResult struct {
+	// Stale: the Hub already delivered messages after Seq to the room, so
+	// the reply would miss them; read history again and retry. LastSeq is
+	// what the Hub delivered.
+	Stale   bool
+	LastSeq int64
+}
+
+type leaveRequest struct {
+	client *Client
+	room   string
+	reply  []byte
+	done   chan struct{}
+}
+
+// Run is the Hub's loop. It returns when Stop is called.
+func (h *Hub) Run() {
+	defer close(h.done)
+	for {
+		select {
+		case c := <-h.register:
+			h.addClient(c)
+		case c := <-h.unregister:
+			h.removeClient(c)
+		case req := <-h.joins:
+			req.result <- h.join(req)
+		case req := <-h.leaves:
+			h.leave(req)
+		case d := <-h.deliveries:
+			h.deliver(d)
+		case req := <-h.closeAll:
+			for c := range h.clients {
+				c.Close(req)
+			}
+		case <-h.quit:
+			return
+		}
+	}
+}
+
+// Stop ends the loop and waits for it.
+func (h *Hub) Stop() {
+	select {
+	case <-h.quit:
+	default:
+		close(h.quit)
+	}
+	<-h.done
+}
+
+// Register adds a connection's client.
+func (h *Hub) Register(c *Client) error {
+	c.slow = &h.slow
+	select {
+	case h.register <- c:
+		return nil
+	case <-h.done:
+		return ErrStopped
+	}
+}
+
+// Unregister removes a client from the Hub and every room.
+func (h *Hub) Unregister(c *Client) {
+	select {
+	case h.unregister <- c:
+	case <-h.done:
+	}
+}
+
+// Join adds a client to a room (see JoinRequest).
+func (h *Hub) Join(req JoinRequest) (JoinResult, error) {
+	req.result = make(chan JoinResult, 1)
+	select {
+	case h.joins <- &req:
+		return <-req.result, nil
+	case <-h.done:
+		return JoinResult{}, ErrStopped
+	}
+}
+
+// Leave removes a client from a room and then queues reply (if any) to it,
+// so that no event of the room follows the reply.
+func (h *Hub) Leave(c *Client, room string, reply []byte) error {
+	req := leaveRequest{client: c, room: room, reply: reply, done: make(chan struct{})}
+	select {
+	case h.leaves <- req:
+		<-req.done
+		return nil
+	case <-h.done:
+		return ErrStopped
+	}
+}
+
+// Deliver hands the Hub something from the broker. It is the broker's
+// Handler: it waits while the Hub's delivery buffer is full.
+func (h *Hub) Deliver(d broker.Delivery) {
+	select {
+	case h.deliveries <- d:
+	case <-h.done:
+	}
+}
+
+// CloseAll asks every client to close (shutdown: 1001 after a flush).
+func (h *Hub) CloseAll(req CloseRequest) {
+	select {
+	case h.closeAll <- req:
+	case <-h.done:
+	}
+}
+
+// Stats are counters of this node's Hub.
+type Stats struct {
+	Connections, Rooms, Delivered, SlowConsumers int64
+}
+
+// Stats reads the counters without going through the loop.
+func (h *Hub) Stats() Stats {
+	return Stats{
+		Connections:   h.connections.Load(),
+		Rooms:         h.roomCount.Load(),
+		Delivered:     h.delivered.Load(),
+		SlowConsumers: h.slow.Load(),
+	}
+}
+
+// Running reports whether the loop runs.
+func (h *Hub) Running() bool {
+	select {
+	case <-h.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (h *Hub) addClient(c *Client) {
+	h.clients[c] = struct{}{}
+	set := h.users[c.User]
+	if set == nil {
+		set = make(map[*Client]struct{})
+		h.users[c.User] = set
+	}
+	set[c] = struct{}{}
+	h.connections.Store(int64(len(h.clients)))
+}
+
+func (h *Hub) removeClient(c *Client) {
+	if _, ok := h.clients[c]; !ok {
+		return
+	}
+	delete(h.clients, c)
+	if set := h.users[c.User]; set != nil {
+		delete(set, c)
+		if len(set) == 0 {
+			delete(h.users, c.User)
+		}
+	}
+	for name, r := range h.rooms {
+		if _, ok := r.members[c]; ok {
+			h.removeMember(name, r, c)
+		}
+	}
+	h.connections.Store(int64(len(h.clients)))
+}
+
+func (h *Hub) removeMember(name string, r *room, c *Client) {
+	delete(r.members, c)
+	if len(r.members) == 0 {
+		delete(h.rooms, name)
+		h.roomCount.Store(int64(len(h.rooms)))
+	}
+}
+
+func (h *Hub) join(req *JoinRequest) JoinResult {
+	r := h.rooms[req.Room]
+	switch {
+	case r == nil:
+		r = &room{epoch: req.Epoch, lastSeq: req.Seq, members: make(map[*Client]int64)}
+		h.rooms[req.Room] = r
+		h.roomCount.Store(int64(len(h.rooms)))
+	case r.epoch == req.Epoch && req.Seq < r.lastSeq:
+		return JoinResult{Stale: true, LastSeq: r.lastSeq}
+	}
+	r.members[req.Client] = req.Seq
+	h.send(req.Client, req.Reply)
+	return JoinResult{LastSeq: r.lastSeq}
+}
+
+func (h *Hub) leave(req leaveRequest) {
+	if r := h.rooms[req.room]; r != nil {
+		if _, ok := r.members[req.client]; ok {
+			h.removeMember(req.room, r, req.client)
+		}
+	}
+	if req.reply != nil {
+		h.send(req.client, req.reply)
+	}
+	close(req.done)
+}
+
+func (h *Hub) send(c *Client, event []byte) {
+	if c.Enqueue(event) {
+		h.delivered.Add(1)
+	}
+}
+
+func (h *Hub) deliver(d broker.Delivery) {
+	switch d.Kind {
+	case broker.KindMessage:
+		h.deliverMessage(d)
+	case broker.KindEvent:
+		switch d.Topic.Kind {
+		case broker.TopicRoom:
+			if r := h.rooms[d.Topic.Name]; r != nil {
+				for c := range r.members {
+					if c.ID != d.Exclude {
+						h.send(c, d.Payload)
+					}
+				}
+			}
+		case broker.TopicUser:
+			for c := range h.users[d.Topic.Name] {
+				if c.ID != d.Exclude {
+					h.send(c, d.Payload)
+				}
+			}
+		case broker.TopicBroadcast:
+			for c := range h.clients {
+				h.send(c, d.Payload)
+			}
+		}
+	case broker.KindKick:
+		for c := range h.users[d.Topic.Name] {
+			c.Close(CloseRequest{Code: protocol.CloseKicked, Text: "kicked"})
+		}
+	}
+}
+
+// deliverMessage sends a room message to the room's members in seq order,
+// each once. The payload was encoded once for all of them.
+func (h *Hub) deliverMessage(d broker.Delivery) {
+	r := h.rooms[d.Topic.Name]
+	if r == nil {
+		return
+	}
+	m := d.Message
+	if m.Epoch != r.epoch {
+		// The room's sequence restarted (its history was lost): members
+		// cannot continue from their seq and must join again.
+		r.epoch, r.lastSeq = m.Epoch, 0
+		resync := protocol.MustEncode(protocol.Resync{Type: "resync", Room: m.Room, Epoch: m.Epoch, Seq: m.Seq})
+		for c := range r.members {
+			r.members[c] = 0
+			h.send(c, resync)
+		}
+	}
+	if m.Seq <= r.lastSeq {
+		return // already delivered
+	}
+	r.lastSeq = m.Seq
+	for c, after := range r.members {
+		if m.Seq > after {
+			h.send(c, d.Payload)
+		}
+	}
+}

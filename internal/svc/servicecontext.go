@@ -1,0 +1,53 @@
+// Code scaffolded by goctl. Safe to edit.
+// goctl 1.9.2
+
+package svc
+
+import (
+	"fmt"
+
+	"chat/internal/broker"
+	"chat/internal/broker/memory"
+	"chat/internal/chat"
+	"chat/internal/config"
+	"chat/internal/middleware"
+
+	"github.com/zeromicro/go-zero/rest"
+)
+
+// ServiceContext is where the service's parts are built and wired.
+type ServiceContext struct {
+	Config   config.Config
+	Node     *chat.Node
+	WsAuth   rest.Middleware
+	AdminKey rest.Middleware
+}
+
+// NewServiceContext builds the node on the broker the config selects.
+func NewServiceContext(c config.Config) (*ServiceContext, error) {
+	node, err := chat.NewNode(c.Chat, newBroker(c))
+	if err != nil {
+		return nil, err
+	}
+	return &ServiceContext{
+		Config:   c,
+		Node:     node,
+		WsAuth:   middleware.NewWsAuthMiddleware(c.Auth.AccessSecret).Handle,
+		AdminKey: middleware.NewAdminKeyMiddleware(c.Chat.ApiKey).Handle,
+	}, nil
+}
+
+func newBroker(c config.Config) chat.NewBroker {
+	opts := broker.Options{
+		HistorySize: c.Chat.HistorySize,
+		HistoryTTL:  c.Chat.HistoryTTL,
+		PresenceTTL: c.Chat.PresenceTTL,
+	}
+	return func(h broker.Handler) (broker.Broker, error) {
+		if c.Redis.Addr != "" {
+			// Refuse rather than run alone while the operator expects a cluster.
+			return nil, fmt.Errorf("Redis.Addr is set (%s) but this build has no Redis broker yet", c.Redis.Addr)
+		}
+		return memory.NewBackend(opts).Node(h), nil
+	}
+}

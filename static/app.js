@@ -1,0 +1,856 @@
+'use strict';
+// Browser client for the chat service. Plain JS, no build step.
+// All user-supplied text goes through textContent, never innerHTML.
+(() => {
+  // ---------- constants & helpers ----------
+  const ROOM_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+  const DEFAULT_ROOM = 'general';
+  const REPLY_TIMEOUT_MS = 15000;
+  const TYPING_SEND_MS = 2000;   // throttle for our own `typing` commands
+  const TYPING_SHOW_MS = 3000;   // how long "X is typing…" stays
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 15000;
+  const HISTORY_PAGE = 50;
+  const DIRECTORY_REFRESH_MS = 20000;
+  // Failures where we cannot know if the server got the message: safe to
+  // resend automatically with the same idempotency key after reconnecting.
+  const CONN_ERRORS = new Set(['offline', 'disconnected', 'timeout']);
+  const FRIENDLY = {
+    rate_limited: 'Too many messages, slow down',
+    invalid_text: 'Message rejected',
+    unavailable: 'Service unavailable',
+    not_member: 'You are not in this room',
+    too_many_rooms: 'Too many rooms joined',
+    invalid_room: 'Invalid room name',
+    unauthorized: 'Not authorized',
+    offline: 'Not delivered (offline)',
+    disconnected: 'Not delivered (connection lost)',
+    timeout: 'Not delivered (no reply from server)',
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = String(text);
+    return e;
+  };
+  const cpLen = (s) => [...s].length; // Unicode code points, like the server counts
+  const randomKey = () => {
+    const b = new Uint8Array(16);
+    crypto.getRandomValues(b);
+    return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  };
+  const fmtTime = (ts) => new Date(ts).toLocaleTimeString();
+  const codedError = (code, message) => Object.assign(new Error(message || code), { code });
+  function errText(e, room) {
+    if (e.code === 'user_offline') return `${room && room.peer ? room.peer : 'User'} is offline`;
+    const label = FRIENDLY[e.code];
+    if (!label) return e.message || e.code || 'Error';
+    return e.message && e.message !== e.code && !CONN_ERRORS.has(e.code) ? `${label}: ${e.message}` : label;
+  }
+  // localStorage can throw (privacy mode, quotas): never let that break the page.
+  const load = (k) => { try { return localStorage.getItem(k); } catch { return null; } };
+  const store = (k, v) => { try { localStorage.setItem(k, v); } catch { /* ignore */ } };
+
+  // ---------- state ----------
+  const S = {
+    name: '',
+    token: null,
+    ws: null,
+    conn: 'offline',        // offline | connecting | online | reconnecting
+    connNote: '',           // why we are offline, shown in #status
+    everOnline: false,      // got a welcome since this name was picked?
+    attempt: 0,
+    retryTimer: null,
+    retryAt: 0,
+    countdown: null,
+    me: null, client: null, node: null,
+    limits: { maxText: 0, maxRooms: 0, rate: 0 },
+    nextId: 1,
+    pending: new Map(),     // command id -> {resolve, reject, timer}
+    rooms: new Map(),       // 'general' or '@alice' -> room object (insertion order = sidebar order)
+    current: null,
+    directory: [],          // [{room, members}] from the `rooms` command
+    lastTypingSent: 0,
+    noticeSeq: 0,
+    forceScroll: false,
+  };
+
+  function makeRoom(key) {
+    const dm = key.startsWith('@'); // room names cannot start with '@', so no clash
+    return {
+      key, dm, peer: dm ? key.slice(1) : null,
+      joined: dm, joining: false,
+      epoch: null, lastSeq: 0,     // last (epoch, seq) seen, for `since` on re-join
+      items: [], keys: new Set(),  // confirmed messages + notices, sorted; keys dedupe
+      outbox: [],                  // our pending / failed sends, shown after items
+      members: [], unread: 0, noOlder: false, loadingOlder: false,
+      typing: new Map(), membersTimer: null, draft: '', li: null,
+    };
+  }
+
+  // Rooms are ordered by seq, DMs by timestamp. Notices carry the order of the
+  // item before them plus a positive `sub`, so they stay where they were shown.
+  // Keys include the epoch: seqs restart when a room's history is reset.
+  const msgItem = (m) => ({ kind: 'msg', key: `s${m.epoch}:${m.seq}`, order: m.seq, sub: 0, seq: m.seq, epoch: m.epoch,
+    id: m.id, from: m.from, text: m.text, ts: m.ts, el: null });
+  const dmItem = (d) => ({ kind: 'msg', key: 'd' + d.id, order: d.ts, sub: 0, seq: null, id: d.id,
+    from: d.from, text: d.text, ts: d.ts, el: null });
+  const cmpItems = (a, b) => a.order - b.order || a.sub - b.sub;
+
+  function addItem(room, item) {
+    if (item.key) {
+      if (room.keys.has(item.key)) return false; // already shown: never twice
+      room.keys.add(item.key);
+    }
+    // Insertion step: new items nearly always belong at the end, so this is cheap.
+    const list = room.items;
+    let i = list.length;
+    list.push(item);
+    while (i > 0 && cmpItems(list[i - 1], item) > 0) { list[i] = list[i - 1]; i--; }
+    list[i] = item;
+    return true;
+  }
+
+  function addNotice(room, text, ts = Date.now()) {
+    const last = room.items[room.items.length - 1];
+    const order = room.dm ? ts : (last ? last.order : 0);
+    addItem(room, { kind: 'notice', key: null, order, sub: ++S.noticeSeq, text, ts, el: null });
+  }
+
+  function maxSeq(room) {
+    for (let i = room.items.length - 1; i >= 0; i--) if (room.items[i].seq != null) return room.items[i].seq;
+    return 0;
+  }
+
+  // ---------- connection ----------
+  function setConn(state) {
+    S.conn = state;
+    clearInterval(S.countdown);
+    S.countdown = null;
+    // tick the "reconnecting in Ns" text while we wait
+    if (state === 'reconnecting' && S.retryTimer) S.countdown = setInterval(renderStatus, 1000);
+    $('status-live').textContent = state === 'online' ? 'online' : state;
+    renderAll();
+  }
+
+  function connect() {
+    clearTimeout(S.retryTimer);
+    S.retryTimer = null;
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    let url = proto + '//' + location.host + '/ws?name=' + encodeURIComponent(S.name);
+    if (S.token) url += '&token=' + encodeURIComponent(S.token);
+    setConn(S.everOnline ? 'reconnecting' : 'connecting');
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (e) {
+      onClosed({ code: 0 });
+      return;
+    }
+    S.ws = ws;
+    // Handlers check S.ws === ws so a socket we abandoned cannot touch state.
+    ws.onmessage = (ev) => { if (S.ws === ws && typeof ev.data === 'string') onFrame(ev.data); };
+    ws.onclose = (ev) => { if (S.ws === ws) onClosed(ev); };
+  }
+
+  function onClosed(ev) {
+    S.ws = null;
+    failAllPending('disconnected', 'connection lost');
+    for (const r of S.rooms.values()) {
+      if (!r.dm) { r.joined = false; r.joining = false; }
+      r.typing.clear();
+    }
+    if (ev.code === 4003) {
+      // Kicked: reconnecting would just fight the admin.
+      S.connNote = 'You were disconnected by an administrator';
+      toast(S.connNote);
+      setConn('offline');
+      return;
+    }
+    if (!S.everOnline) {
+      // A bad name is refused with HTTP 400, which looks like any failed connection.
+      S.connNote = 'could not connect';
+      toast('Could not connect. Check your name or pick another one.');
+      setConn('offline');
+      $('name-input').focus();
+      return;
+    }
+    if (ev.code === 4008) toast('Connection too slow; reconnecting');
+    else if ([1003, 1007, 1009].includes(ev.code)) toast(`Connection closed (protocol error ${ev.code}); reconnecting`);
+    scheduleReconnect();
+  }
+
+  function scheduleReconnect() {
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** S.attempt);
+    // Jitter spreads out many clients reconnecting after the same outage.
+    const delay = base / 2 + Math.random() * (base / 2);
+    S.attempt++;
+    S.retryAt = Date.now() + delay;
+    S.retryTimer = setTimeout(connect, delay);
+    setConn('reconnecting');
+  }
+
+  // Start over with a (new) name: drop the old socket and all room state.
+  function startSession(name) {
+    if (S.ws) { const old = S.ws; S.ws = null; old.close(1000); }
+    clearTimeout(S.retryTimer);
+    S.retryTimer = null;
+    failAllPending('disconnected', 'connection replaced');
+    for (const r of S.rooms.values()) { clearTimeout(r.membersTimer); r.typing.forEach(clearTimeout); }
+    S.rooms.clear();
+    S.current = null;
+    S.me = null;
+    S.everOnline = false;
+    S.attempt = 0;
+    S.connNote = '';
+    S.name = name;
+    $('composer').value = '';
+    connect();
+  }
+
+  // ---------- commands ----------
+  function cmd(type, payload = {}) {
+    const ws = S.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return Promise.reject(codedError('offline', 'not connected'));
+    const id = S.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        S.pending.delete(id);
+        reject(codedError('timeout', 'no reply from server'));
+      }, REPLY_TIMEOUT_MS);
+      S.pending.set(id, { resolve, reject, timer });
+      ws.send(JSON.stringify({ type, id, ...payload }));
+    });
+  }
+
+  // Fire-and-forget command (no id, so no reply).
+  function fire(type, payload = {}) {
+    if (S.ws && S.ws.readyState === WebSocket.OPEN) S.ws.send(JSON.stringify({ type, ...payload }));
+  }
+
+  function failAllPending(code, message) {
+    const all = [...S.pending.values()];
+    S.pending.clear();
+    for (const p of all) { clearTimeout(p.timer); p.reject(codedError(code, message)); }
+  }
+
+  // ---------- incoming events ----------
+  function onFrame(data) {
+    // One frame may carry several JSON objects separated by newlines.
+    for (const line of data.split('\n')) {
+      if (!line.trim()) continue;
+      let ev;
+      try { ev = JSON.parse(line); } catch { console.warn('chat: bad JSON line', line); continue; }
+      try { dispatch(ev); } catch (e) { console.error('chat: handler failed', ev, e); }
+    }
+    renderAll(); // once per frame, not per event
+  }
+
+  function dispatch(ev) {
+    switch (ev.type) {
+      case 'reply': return onReply(ev);
+      case 'welcome': return onWelcome(ev);
+      case 'message': return onMessage(ev);
+      case 'direct': return onDirect(ev);
+      case 'joined':
+      case 'left': return onPresence(ev);
+      case 'typing': return onTyping(ev);
+      case 'resync': {
+        const room = S.rooms.get(ev.room);
+        if (room && !room.dm) joinRoom(room.key);
+        return;
+      }
+      case 'notice': {
+        const room = S.rooms.get(ev.room || S.current);
+        if (room) addNotice(room, ev.text, ev.ts || Date.now());
+        else toast(ev.text, 'info');
+        return;
+      }
+      case 'error': return toast(errText(ev));
+      default: console.debug('chat: unknown event', ev);
+    }
+  }
+
+  function onReply(ev) {
+    const p = S.pending.get(ev.id);
+    if (!p) return; // timed out already
+    S.pending.delete(ev.id);
+    clearTimeout(p.timer);
+    if (ev.error) p.reject(codedError(ev.error.code, ev.error.message));
+    else p.resolve(ev.result || {});
+  }
+
+  function onWelcome(w) {
+    S.me = w.user;
+    S.client = w.client;
+    S.node = w.node;
+    S.limits = { ...S.limits, ...(w.limits || {}) };
+    S.attempt = 0;
+    S.connNote = '';
+    const first = !S.everOnline;
+    S.everOnline = true;
+    setConn('online');
+    if (first) joinRoom(DEFAULT_ROOM, !S.current);
+    else for (const r of S.rooms.values()) if (!r.dm) joinRoom(r.key); // with `since`
+    refreshDirectory();
+  }
+
+  function onMessage(m) {
+    const room = S.rooms.get(m.room);
+    if (!room || room.dm) return;
+    if (!room.joining && room.epoch != null && m.epoch !== room.epoch) {
+      // The room's history was reset: seqs are not comparable, re-join for a fresh
+      // view (its history will include this message). While a join is in flight we
+      // keep the message instead: applyJoin sorts out which epoch wins.
+      joinRoom(room.key);
+      return;
+    }
+    if (room.joined && room.lastSeq && m.seq > room.lastSeq + 1) fillGap(room, room.lastSeq, m.seq);
+    room.lastSeq = Math.max(room.lastSeq, m.seq);
+    if (m.from === S.me) {
+      // Our own message may arrive before the send reply: drop the pending copy.
+      // If it was another tab's, our reply still adds ours by seq, so nothing is lost.
+      const i = room.outbox.findIndex((o) => o.key === m.id || (o.status === 'pending' && o.text === m.text));
+      if (i >= 0) room.outbox.splice(i, 1);
+    }
+    clearTyping(room, m.from);
+    if (addItem(room, msgItem(m)) && m.from !== S.me && room.key !== S.current) room.unread++;
+  }
+
+  // Fetch messages we skipped (seq jumped); merging dedupes by seq.
+  function fillGap(room, fromSeq, toSeq) {
+    cmd('history', { room: room.key, before: toSeq, limit: Math.min(100, toSeq - fromSeq - 1) })
+      .then((r) => { (r.messages || []).forEach((m) => addItem(room, msgItem(m))); renderAll(); })
+      .catch(() => { /* a later resync or re-join covers it */ });
+  }
+
+  function onDirect(d) {
+    const peer = d.from === S.me ? d.to : d.from; // from me = copy from another tab
+    const room = ensureDM(peer);
+    if (addItem(room, dmItem(d)) && d.from !== S.me && room.key !== S.current) room.unread++;
+  }
+
+  function onPresence(ev) {
+    const room = S.rooms.get(ev.room);
+    if (!room) return;
+    if (ev.type === 'left' && ev.user === S.me && ev.client === S.client) {
+      room.joined = false;
+      addNotice(room, 'You are no longer in this room');
+    }
+    if (ev.type === 'left') clearTyping(room, ev.user);
+    refreshMembers(room);
+  }
+
+  function onTyping(ev) {
+    const room = S.rooms.get(ev.room);
+    if (!room || ev.user === S.me) return;
+    clearTimeout(room.typing.get(ev.user));
+    room.typing.set(ev.user, setTimeout(() => { room.typing.delete(ev.user); renderTyping(); }, TYPING_SHOW_MS));
+  }
+
+  function clearTyping(room, user) {
+    clearTimeout(room.typing.get(user));
+    room.typing.delete(user);
+  }
+
+  // Presence events come in bursts; ask for the authoritative list once.
+  function refreshMembers(room) {
+    clearTimeout(room.membersTimer);
+    room.membersTimer = setTimeout(() => {
+      cmd('members', { room: room.key })
+        .then((r) => { room.members = r.members || []; renderAll(); })
+        .catch(() => {});
+    }, 250);
+  }
+
+  function refreshDirectory() {
+    cmd('rooms').then((r) => { S.directory = r.rooms || []; renderAll(); }).catch(() => {});
+  }
+
+  // ---------- room actions ----------
+  // Join, or re-join with `since` (last epoch/seq seen) so the server sends only what we missed.
+  function joinRoom(name, show = false) {
+    let room = S.rooms.get(name);
+    const isNew = !room;
+    if (isNew) { room = makeRoom(name); S.rooms.set(name, room); }
+    if (show) switchRoom(name);
+    if (room.joining || (show && room.joined)) return Promise.resolve();
+    const since = room.epoch != null ? { epoch: room.epoch, seq: room.lastSeq } : null;
+    room.joining = true;
+    renderAll();
+    return cmd('join', since ? { room: name, since } : { room: name })
+      .then((r) => {
+        if (S.rooms.get(name) === room) applyJoin(room, r, !!since);
+        if (isNew) refreshDirectory();
+      })
+      .catch((e) => {
+        room.joining = false;
+        if (CONN_ERRORS.has(e.code) && !isNew) return; // the next reconnect re-joins
+        if (isNew) removeRoom(name);
+        toast(`Could not join ${name}: ${errText(e)}`);
+      })
+      .finally(renderAll);
+  }
+
+  function applyJoin(room, r, hadSince) {
+    room.joining = false;
+    room.joined = true;
+    room.members = r.members || [];
+    const hist = (r.history || []).map(msgItem);
+    if (hadSince && r.recovered) {
+      hist.forEach((it) => addItem(room, it)); // only what we missed; dedupe by seq
+    } else {
+      // Fresh view. Keep messages newer than the join point: they arrived
+      // while the join was in flight and are not in `history`.
+      const keep = room.items.filter((it) => it.kind === 'msg' && it.epoch === r.epoch && it.seq > r.seq);
+      room.items = [];
+      room.keys.clear();
+      hist.concat(keep).forEach((it) => addItem(room, it));
+      room.noOlder = hist.length === 0 || hist[0].seq <= 1;
+      if (hadSince) addNotice(room, 'history reloaded');
+    }
+    room.epoch = r.epoch;
+    room.lastSeq = Math.max(r.seq || 0, maxSeq(room));
+    // Sends cut off by a disconnect: resend with the same key (server dedupes).
+    room.outbox.filter((o) => o.status === 'failed' && o.autoRetry).forEach((o) => sendOut(room, o).catch(() => {}));
+  }
+
+  function ensureDM(peer) {
+    const key = '@' + peer;
+    if (!S.rooms.has(key)) S.rooms.set(key, makeRoom(key));
+    return S.rooms.get(key);
+  }
+
+  function removeRoom(key) {
+    const room = S.rooms.get(key);
+    if (!room) return;
+    clearTimeout(room.membersTimer);
+    room.typing.forEach(clearTimeout);
+    S.rooms.delete(key);
+    if (S.current === key) {
+      S.current = null;
+      const next = S.rooms.keys().next();
+      if (!next.done) switchRoom(next.value);
+      else $('composer').value = '';
+    }
+  }
+
+  function leaveCurrent() {
+    const room = S.rooms.get(S.current);
+    if (!room) return;
+    if (room.dm) { removeRoom(room.key); renderAll(); return; }
+    // Remove locally regardless, so a later reconnect does not re-join it.
+    cmd('leave', { room: room.key })
+      .catch((e) => { if (e.code !== 'not_member' && e.code !== 'offline') toast(`Leave ${room.key}: ${errText(e)}`); })
+      .finally(() => { removeRoom(room.key); refreshDirectory(); renderAll(); });
+  }
+
+  function switchRoom(key) {
+    const composer = $('composer');
+    const old = S.rooms.get(S.current);
+    if (old) old.draft = composer.value; // keep half-written text per room
+    S.current = key;
+    const room = S.rooms.get(key);
+    if (room) { room.unread = 0; composer.value = room.draft || ''; }
+    S.forceScroll = true;
+  }
+
+  // ---------- sending ----------
+  function validateText(text) {
+    if (!text.trim()) return 'Message is empty';
+    const max = S.limits.maxText;
+    if (max && cpLen(text) > max) return `Message is too long (${cpLen(text)} / ${max})`;
+    return null;
+  }
+
+  function sendText(text) {
+    const room = S.rooms.get(S.current);
+    if (!room) return Promise.reject(codedError('not_member', 'join a room first'));
+    const problem = validateText(text);
+    if (problem) return Promise.reject(codedError('invalid_text', problem));
+    // The key is fixed per message so a retry cannot create a duplicate.
+    const o = { kind: 'out', key: randomKey(), text, ts: Date.now(), status: 'pending', error: '', autoRetry: false, el: null };
+    room.outbox.push(o);
+    S.forceScroll = true;
+    return sendOut(room, o);
+  }
+
+  function sendOut(room, o) {
+    Object.assign(o, { status: 'pending', error: '', autoRetry: false, el: null });
+    renderAll();
+    const p = room.dm
+      ? cmd('direct', { to: room.peer, text: o.text })
+      : cmd('send', { room: room.key, text: o.text, key: o.key });
+    return p.then((r) => {
+      const i = room.outbox.indexOf(o);
+      if (i >= 0) room.outbox.splice(i, 1);
+      // Replace the pending entry by the confirmed one; if the `message`
+      // event came first, addItem sees the same seq and skips it.
+      addItem(room, room.dm
+        ? dmItem({ id: 'local-' + o.key, from: S.me, to: room.peer, text: o.text, ts: r.ts || Date.now() })
+        : msgItem({ seq: r.seq, epoch: room.epoch, from: S.me, text: o.text, ts: r.ts || Date.now() }));
+      renderAll();
+      return r;
+    }, (e) => {
+      Object.assign(o, { status: 'failed', error: errText(e, room), autoRetry: !room.dm && CONN_ERRORS.has(e.code), el: null });
+      renderAll();
+      throw e;
+    });
+  }
+
+  function maybeSendTyping() {
+    const room = S.rooms.get(S.current);
+    if (!room || room.dm || !room.joined || !$('composer').value.trim()) return;
+    const now = Date.now();
+    if (now - S.lastTypingSent < TYPING_SEND_MS) return;
+    S.lastTypingSent = now;
+    fire('typing', { room: room.key });
+  }
+
+  // ---------- rendering ----------
+  function renderAll() {
+    renderStatus();
+    renderRooms();
+    renderDirectory();
+    renderHeader();
+    renderMessages();
+    renderMembers();
+    renderTyping();
+    renderComposer();
+  }
+
+  function renderStatus() {
+    let text;
+    if (S.conn === 'online') text = `online as ${S.me}`;
+    else if (S.conn === 'connecting') text = 'connecting…';
+    else if (S.conn === 'reconnecting') {
+      const secs = Math.ceil((S.retryAt - Date.now()) / 1000);
+      text = S.retryTimer && secs > 0 ? `reconnecting in ${secs}s…` : 'reconnecting…';
+    } else text = S.connNote ? `offline: ${S.connNote}` : 'offline';
+    const s = $('status');
+    s.textContent = text;
+    s.dataset.state = S.conn;
+  }
+
+  function renderRooms() {
+    const ul = $('rooms');
+    // Rooms first, then direct conversations; each keeps its join order (sort is stable).
+    const rooms = [...S.rooms.values()].sort((a, b) => a.dm - b.dm);
+    const nodes = rooms.map((r) => {
+      if (!r.li) {
+        r.li = el('li', 'room-item');
+        r.li.dataset.room = r.key;
+        const b = el('button', 'room-btn');
+        b.type = 'button';
+        const name = el('span', 'name');
+        if (!r.dm) name.append(el('span', 'hash', '#'));
+        name.append(document.createTextNode(r.key)); // DMs are already '@alice'
+        b.append(name, el('span', 'count'), el('span', 'unread'));
+        b.addEventListener('click', () => { switchRoom(r.key); renderAll(); focusComposer(); });
+        r.li.append(b);
+      }
+      const b = r.li.firstChild;
+      const count = r.dm ? '' : String(r.members.length);
+      b.querySelector('.count').textContent = count;
+      b.querySelector('.count').title = r.dm ? '' : 'members';
+      const unread = b.querySelector('.unread');
+      unread.textContent = r.unread ? String(r.unread) : '';
+      unread.hidden = !r.unread;
+      const current = r.key === S.current;
+      r.li.classList.toggle('current', current);
+      r.li.classList.toggle('inactive', !r.joined);
+      if (current) b.setAttribute('aria-current', 'true'); else b.removeAttribute('aria-current');
+      b.setAttribute('aria-label', `${r.dm ? 'Direct messages with ' + r.peer : 'Room ' + r.key}` +
+        `${r.dm ? '' : ', ' + count + ' members'}${r.unread ? ', ' + r.unread + ' unread' : ''}`);
+      return r.li;
+    });
+    reconcile(ul, nodes);
+  }
+
+  // On phones, focusing would pop up the keyboard over the messages just opened.
+  function focusComposer() {
+    const c = $('composer');
+    if (!c.disabled && window.matchMedia('(min-width: 721px)').matches) c.focus();
+  }
+
+  function renderDirectory() {
+    const ul = $('directory');
+    ul.textContent = '';
+    for (const d of S.directory) {
+      if (S.rooms.has(d.room)) continue;
+      const li = el('li', 'room-item');
+      li.dataset.dirRoom = d.room;
+      const b = el('button', 'room-btn');
+      b.type = 'button';
+      const name = el('span', 'name');
+      name.append(el('span', 'hash', '#'), document.createTextNode(d.room));
+      b.append(name, el('span', 'count', d.members));
+      b.setAttribute('aria-label', `Join room ${d.room}, ${d.members} members`);
+      b.addEventListener('click', () => joinRoom(d.room, true));
+      li.append(b);
+      ul.append(li);
+    }
+    document.querySelector('.directory-title').hidden = !ul.children.length;
+  }
+
+  function renderHeader() {
+    const room = S.rooms.get(S.current);
+    $('room-title').textContent = !room ? 'No room' : room.dm ? `@${room.peer}` : `#${room.key}`;
+    const leave = $('leave');
+    leave.disabled = !room;
+    leave.textContent = room && room.dm ? 'Close' : 'Leave';
+    const older = $('load-older');
+    older.hidden = !room || room.dm;
+    older.disabled = !room || room.noOlder || room.loadingOlder || !room.joined;
+    older.textContent = room && room.noOlder ? 'No older messages' : room && room.loadingOlder ? 'Loading…' : 'Load older';
+  }
+
+  function renderMessages() {
+    const list = $('messages');
+    const room = S.rooms.get(S.current);
+    const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+    const items = room ? room.items.concat(room.outbox) : [];
+    reconcile(list, items.map((it) => it.el || (it.el = buildItem(room, it))));
+    if (S.forceScroll || nearBottom) list.scrollTop = list.scrollHeight;
+    S.forceScroll = false;
+  }
+
+  // Put exactly `nodes` into `parent` in order, reusing existing elements so
+  // the aria-live region only announces what is actually new.
+  function reconcile(parent, nodes) {
+    nodes.forEach((n, i) => {
+      if (parent.children[i] !== n) parent.insertBefore(n, parent.children[i] || null);
+    });
+    while (parent.children.length > nodes.length) parent.lastElementChild.remove();
+  }
+
+  function buildItem(room, it) {
+    if (it.kind === 'notice') {
+      const li = el('li', 'notice');
+      li.append(el('span', 'text', it.text), el('time', null, fmtTime(it.ts)));
+      return li;
+    }
+    const out = it.kind === 'out';
+    const from = out ? S.me : it.from;
+    const li = el('li', 'msg');
+    li.classList.toggle('mine', from === S.me);
+    if (out) li.classList.add(it.status); // 'pending' or 'failed'
+    li.dataset.room = room.key;
+    li.dataset.from = from || '';
+    li.dataset.seq = it.seq != null ? String(it.seq) : '';
+    if (out) li.dataset.key = it.key;
+    const meta = el('div', 'meta');
+    const time = el('time', null, fmtTime(it.ts));
+    time.dateTime = new Date(it.ts).toISOString();
+    meta.append(el('span', 'from', from === S.me ? `${from} (you)` : from), time);
+    if (out && it.status === 'pending') meta.append(el('span', 'state', 'sending…'));
+    li.append(meta, el('div', 'text', it.text));
+    if (out && it.status === 'failed') {
+      const err = el('div', 'error');
+      err.append(el('span', 'error-text', it.error));
+      const retry = el('button', 'retry', 'Retry');
+      retry.type = 'button';
+      retry.addEventListener('click', () => sendOut(room, it).catch(() => {}));
+      err.append(retry);
+      li.append(err);
+    }
+    return li;
+  }
+
+  function renderMembers() {
+    const ul = $('members');
+    const room = S.rooms.get(S.current);
+    // Rebuilding drops focus; remember which member had it and restore it.
+    const focused = document.activeElement && document.activeElement.closest('#members li');
+    const focusedUser = focused ? focused.dataset.user : null;
+    ul.textContent = '';
+    let list = [];
+    if (room && room.dm) list = [{ user: room.peer }, { user: S.me }];
+    else if (room) list = [...room.members].sort((a, b) => (b.user === S.me) - (a.user === S.me) || a.user.localeCompare(b.user));
+    for (const m of list) {
+      const li = el('li', 'member');
+      li.dataset.user = m.user;
+      const label = el(m.user === S.me ? 'span' : 'button', 'member-name');
+      label.append(el('span', 'dot'), el('span', 'user', m.user));
+      if (m.user === S.me) label.append(el('span', 'you', '(you)'));
+      else {
+        label.type = 'button';
+        label.title = `Send a direct message to ${m.user}`;
+        label.addEventListener('click', () => { ensureDM(m.user); switchRoom('@' + m.user); renderAll(); $('composer').focus(); });
+      }
+      li.append(label);
+      if (m.connections != null) {
+        const c = el('span', 'conns', m.connections);
+        c.title = `${m.connections} connection${m.connections === 1 ? '' : 's'}`;
+        c.setAttribute('aria-label', c.title);
+        li.append(c);
+      }
+      ul.append(li);
+    }
+    $('member-count').textContent = room && !room.dm ? `(${list.length})` : '';
+    if (focusedUser) {
+      const again = ul.querySelector(`li[data-user="${CSS.escape(focusedUser)}"] button`);
+      if (again) again.focus();
+    }
+  }
+
+  function renderTyping() {
+    const room = S.rooms.get(S.current);
+    const names = room ? [...room.typing.keys()] : [];
+    let text = '';
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) text = `${names[0]}, ${names[1]} and ${names.length - 2} more are typing…`;
+    $('typing').textContent = text;
+  }
+
+  function renderComposer() {
+    const c = $('composer');
+    const room = S.rooms.get(S.current);
+    const n = cpLen(c.value);
+    const max = S.limits.maxText;
+    const over = !!max && n > max;
+    const count = $('char-count');
+    count.textContent = max ? `${n} / ${max}` : String(n);
+    count.classList.toggle('over', over);
+    c.classList.toggle('over', over);
+    c.setAttribute('aria-invalid', over ? 'true' : 'false');
+    c.disabled = !room;
+    $('send').disabled = !room || over;
+    c.placeholder = !room ? 'Join a room to chat' : room.dm ? `Message @${room.peer}` : `Message #${room.key}`;
+    // grow with the text, up to a limit (CSS max-height)
+    c.style.height = 'auto';
+    c.style.height = c.scrollHeight + 'px';
+  }
+
+  function toast(text, kind = 'error') {
+    const box = $('errors');
+    const t = el('div', 'toast ' + kind);
+    t.setAttribute('role', kind === 'error' ? 'alert' : 'status');
+    t.append(el('span', 'toast-text', text));
+    const x = el('button', 'toast-close', '×');
+    x.type = 'button';
+    x.setAttribute('aria-label', 'Dismiss');
+    x.addEventListener('click', () => t.remove());
+    t.append(x);
+    box.append(t);
+    setTimeout(() => t.remove(), 7000);
+    while (box.children.length > 4) box.firstElementChild.remove();
+  }
+
+  // ---------- wiring ----------
+  $('name-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const name = $('name-input').value.trim();
+    if (cpLen(name) > 32) { toast('Name must be at most 32 characters'); return; }
+    if (name.toLowerCase() === 'system') { toast('"system" is a reserved name'); return; }
+    if (name === S.name && (S.conn === 'online' || S.conn === 'connecting')) return;
+    store('chat.name', name); // empty means "let the server pick a guest name"
+    startSession(name);
+  });
+
+  $('join-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const input = $('room-input');
+    const name = input.value.trim().replace(/^#/, '');
+    if (!ROOM_RE.test(name)) { toast('Room names: letters, digits, _ . - (max 64, start with letter/digit)'); return; }
+    input.value = '';
+    joinRoom(name, true);
+  });
+
+  $('leave').addEventListener('click', leaveCurrent);
+
+  $('load-older').addEventListener('click', () => {
+    const room = S.rooms.get(S.current);
+    if (!room || room.dm || room.loadingOlder || room.noOlder) return;
+    const first = room.items.find((it) => it.seq != null);
+    const before = first ? first.seq : room.lastSeq + 1;
+    if (before <= 1) { room.noOlder = true; renderAll(); return; }
+    room.loadingOlder = true;
+    renderAll();
+    cmd('history', { room: room.key, before, limit: HISTORY_PAGE })
+      .then((r) => {
+        const msgs = r.messages || [];
+        const list = $('messages');
+        const fromBottom = list.scrollHeight - list.scrollTop;
+        msgs.forEach((m) => addItem(room, msgItem(m)));
+        if (msgs.length < HISTORY_PAGE || (msgs[0] && msgs[0].seq <= 1)) room.noOlder = true;
+        room.loadingOlder = false;
+        renderAll();
+        // keep the reader's place instead of jumping
+        if (S.current === room.key) list.scrollTop = list.scrollHeight - fromBottom;
+      })
+      .catch((e) => { room.loadingOlder = false; toast(`Load older: ${errText(e)}`); renderAll(); });
+  });
+
+  const composer = $('composer');
+  composer.addEventListener('keydown', (e) => {
+    // Enter sends, Shift+Enter is a newline; never interrupt IME composition.
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $('composer-form').requestSubmit();
+    }
+  });
+  composer.addEventListener('input', () => { renderComposer(); maybeSendTyping(); });
+
+  $('composer-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const text = composer.value;
+    if (!text.trim()) return;
+    const problem = validateText(text);
+    if (problem) { toast(problem); composer.focus(); return; }
+    composer.value = '';
+    sendText(text).catch(() => { /* shown on the message itself */ });
+    renderComposer();
+    composer.focus();
+  });
+
+  // Keep the newest message in view when the viewport shrinks (e.g. a phone keyboard opens).
+  let stuckToBottom = true;
+  const msgList = $('messages');
+  msgList.addEventListener('scroll', () => {
+    stuckToBottom = msgList.scrollHeight - msgList.scrollTop - msgList.clientHeight < 80;
+  });
+  window.addEventListener('resize', () => { if (stuckToBottom) msgList.scrollTop = msgList.scrollHeight; });
+
+  // Back online: no point waiting out the backoff.
+  window.addEventListener('online', () => { if (S.conn === 'reconnecting' && S.retryTimer) connect(); });
+
+  setInterval(() => { if (S.conn === 'online') refreshDirectory(); }, DIRECTORY_REFRESH_MS);
+
+  // Small surface for debugging and browser tests.
+  window.chat = {
+    state: () => ({
+      status: S.conn,
+      user: S.me,
+      client: S.client,
+      node: S.node,
+      limits: { ...S.limits },
+      current: S.current,
+      rooms: Object.fromEntries([...S.rooms.values()].map((r) => [r.key, {
+        joined: r.joined, epoch: r.epoch, seq: r.lastSeq, unread: r.unread,
+        members: r.members.map((m) => m.user),
+        messages: r.items.filter((it) => it.kind === 'msg').length,
+        outbox: r.outbox.map((o) => ({ key: o.key, status: o.status, error: o.error })),
+      }])),
+    }),
+    currentRoom: () => S.current,
+    send: (text) => sendText(String(text)),
+    join: (room) => joinRoom(String(room), true),
+  };
+
+  // ---------- boot ----------
+  const params = new URLSearchParams(location.search);
+  if (params.has('token')) store('chat.token', params.get('token'));
+  S.token = load('chat.token');
+  const savedName = load('chat.name');
+  renderAll();
+  if (savedName !== null) {
+    $('name-input').value = savedName;
+    startSession(savedName);
+  } else {
+    $('name-input').focus();
+  }
+})();
