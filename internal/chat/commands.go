@@ -77,7 +77,14 @@ type roomsResult struct {
 func (c *Conn) handleCommand(line []byte) {
 	var cmd command
 	if err := json.Unmarshal(line, &cmd); err != nil {
-		c.answer(nil, nil, protocol.Errorf(protocol.CodeBadRequest, "invalid command: %v", err))
+		// A field of the wrong type still leaves the id readable: answer it.
+		var head struct {
+			ID json.RawMessage `json:"id"`
+		}
+		if json.Unmarshal(line, &head) != nil || !validID(head.ID) {
+			head.ID = nil
+		}
+		c.answer(head.ID, nil, protocol.Errorf(protocol.CodeBadRequest, "invalid command: %v", err))
 		return
 	}
 	if !validID(cmd.ID) {

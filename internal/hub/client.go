@@ -33,8 +33,8 @@ type CloseRequest struct {
 	Flush bool   // write what is queued first
 }
 
-// NewClient makes a client whose queue holds at most maxQueueBytes (one
-// event is always admitted to an empty queue).
+// NewClient makes a client whose queue holds at most maxQueueBytes behind
+// its oldest event (so one event is always admitted to an empty queue).
 func NewClient(id, user string, maxQueueBytes int) *Client {
 	return &Client{ID: id, User: user, maxQueue: maxQueueBytes, wake: make(chan struct{}, 1)}
 }
@@ -48,7 +48,10 @@ func (c *Client) Enqueue(event []byte) bool {
 		c.mu.Unlock()
 		return false
 	}
-	if len(c.queue) > 0 && c.queued+len(event) > c.maxQueue {
+	// The oldest queued event is not counted: it is the next to be written,
+	// and a large one (a recovery reply) must not trip the rule for the
+	// small events that follow it.
+	if len(c.queue) > 0 && c.queued-len(c.queue[0])+len(event) > c.maxQueue {
 		c.closing = &CloseRequest{Code: 4008, Text: "slow consumer"}
 		c.queue, c.queued = nil, 0
 		c.mu.Unlock()

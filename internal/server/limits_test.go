@@ -1,0 +1,255 @@
+package server_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"chat/internal/chattest"
+	"chat/internal/config"
+	"chat/internal/protocol"
+
+	"github.com/gorilla/websocket"
+)
+
+// rawDial connects without a background reader, so the test decides when
+// (and whether) the client reads.
+func rawDial(t *testing.T, s *chattest.Server, name string) *websocket.Conn {
+	t.Helper()
+	ws, _, err := websocket.DefaultDialer.Dial(s.WSURL+"?name="+name, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ws.Close() })
+	return ws
+}
+
+// closeCodeOf reads until the connection fails and returns its close code.
+func closeCodeOf(t *testing.T, ws *websocket.Conn) int {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		if _, _, err := ws.ReadMessage(); err != nil {
+			if ce, ok := err.(*websocket.CloseError); ok {
+				return ce.Code
+			}
+			t.Fatalf("connection ended without a close frame: %v", err)
+		}
+	}
+}
+
+func TestProtocolViolationsCloseTheConnection(t *testing.T) {
+	s := chattest.Start(t, func(c *config.Config) { c.Chat.MaxFrameBytes = 1024 })
+	for _, tc := range []struct {
+		name string
+		kind int
+		data []byte
+		code int
+	}{
+		{"frame over MaxFrameBytes", websocket.TextMessage, []byte(`{"type":"rooms","pad":"` + strings.Repeat("x", 1100) + `"}`), websocket.CloseMessageTooBig},
+		{"binary frame", websocket.BinaryMessage, []byte(`{"type":"rooms"}`), websocket.CloseUnsupportedData},
+		{"invalid UTF-8", websocket.TextMessage, []byte("{\"type\":\"send\",\"text\":\"\xff\xfe\"}"), websocket.CloseInvalidFramePayloadData},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ws := rawDial(t, s, "alice")
+			if err := ws.WriteMessage(tc.kind, tc.data); err != nil {
+				t.Fatal(err)
+			}
+			if code := closeCodeOf(t, ws); code != tc.code {
+				t.Fatalf("closed with %d, want %d", code, tc.code)
+			}
+		})
+	}
+	t.Run("a frame of exactly MaxFrameBytes is accepted", func(t *testing.T) {
+		c := s.DialName(t, "bob")
+		frame := `{"type":"rooms","id":1,"pad":"`
+		frame += strings.Repeat("x", 1024-len(frame)-2) + `"}`
+		c.Write(frame)
+		if e := c.WaitFor("reply", nil); e.Field("error") != nil {
+			t.Fatalf("got %s", e)
+		}
+	})
+}
+
+func TestTooManyRooms(t *testing.T) {
+	s := chattest.Start(t, func(c *config.Config) { c.Chat.MaxRooms = 2 })
+	c := s.DialName(t, "alice")
+	c.Join("a")
+	c.Join("b")
+	c.Fail("join", map[string]any{"room": "c"}, protocol.CodeTooManyRooms)
+	c.Join("a") // joining a room again is not one more room
+	c.OK("leave", map[string]any{"room": "b"}, nil)
+	c.Join("c")
+}
+
+func TestBadRoomNames(t *testing.T) {
+	s := chattest.Start(t, fast)
+	c := s.DialName(t, "alice")
+	for _, room := range []string{"", "-lead", "_lead", ".lead", "sp ace", "slash/", "ü", strings.Repeat("a", 65)} {
+		code := protocol.CodeInvalidRoom
+		c.Fail("join", map[string]any{"room": room}, code)
+	}
+	for _, room := range []string{"a", "A.b_c-9", strings.Repeat("z", 64)} {
+		c.Join(room)
+	}
+}
+
+func TestRateLimitDropsCommandsOverTheBucket(t *testing.T) {
+	s := chattest.Start(t, func(c *config.Config) {
+		c.Chat.RateLimit = 1
+		c.Chat.RateBurst = 3
+	})
+	c := s.DialName(t, "alice")
+	c.Write(`{"type":"join","id":1,"room":"r"}` + "\n" +
+		`{"type":"send","id":2,"room":"r","text":"a"}` + "\n" +
+		`{"type":"send","id":3,"room":"r","text":"b"}` + "\n" +
+		`{"type":"send","id":4,"room":"r","text":"c"}`)
+	var codes []string
+	for i := 0; i < 4; i++ {
+		e := c.WaitFor("reply", nil)
+		code := ""
+		if m, ok := e.Field("error").(map[string]any); ok {
+			code, _ = m["code"].(string)
+		}
+		codes = append(codes, code)
+	}
+	if fmt.Sprint(codes) != fmt.Sprint([]string{"", "", "", protocol.CodeRateLimited}) {
+		t.Fatalf("codes %q", codes)
+	}
+	// The dropped send published nothing.
+	c.Message("r")
+	c.Message("r")
+	c.Quiet("message", 200*time.Millisecond)
+	// The bucket refills at RateLimit per second.
+	time.Sleep(1100 * time.Millisecond)
+	c.Say("r", "later")
+}
+
+func TestSlowConsumerIsClosedWith4008AndDoesNotDelayOthers(t *testing.T) {
+	s := chattest.Start(t, fast, func(c *config.Config) {
+		c.Chat.MaxText = 16000
+		c.Chat.MaxFrameBytes = 32 << 10
+	})
+	slow := rawDial(t, s, "slow")
+	if err := slow.WriteJSON(map[string]any{"type": "join", "room": "r"}); err != nil {
+		t.Fatal(err)
+	}
+	reader := s.DialName(t, "reader")
+	reader.Join("r")
+	sender := s.DialName(t, "sender")
+	sender.Join("r")
+	// Far more than the socket buffers and the 1 MiB queue hold: the slow
+	// client, which reads nothing, must overflow. The sender waits for each
+	// reply, as a client within its rate limit would.
+	const count = 1500
+	text := strings.Repeat("x", 15000)
+	start := time.Now()
+	for want := int64(1); want <= count; want++ {
+		sender.Say("r", text)
+		if m := reader.Message("r"); m.Seq != want {
+			t.Fatalf("reader got seq %d, want %d", m.Seq, want)
+		}
+	}
+	t.Logf("reader got %d messages of %d bytes in %v", count, len(text), time.Since(start))
+	if code := closeCodeOf(t, slow); code != protocol.CloseSlowConsumer {
+		t.Fatalf("slow consumer closed with %d, want 4008", code)
+	}
+	if n := s.Node.Stats().SlowConsumers; n != 1 {
+		t.Fatalf("SlowConsumers = %d", n)
+	}
+}
+
+func TestLargeJoinReplyIsAdmittedToAnEmptyQueue(t *testing.T) {
+	s := chattest.Start(t, fast, func(c *config.Config) {
+		c.Chat.MaxQueueBytes = 4 << 10
+		c.Chat.MaxText = 1000
+		c.Chat.ApiKey = "key"
+	})
+	for i := 0; i < 60; i++ {
+		postJSON(t, s, "/api/rooms/r/messages", "key", map[string]any{"text": strings.Repeat("y", 1000)}, http.StatusOK)
+	}
+	c := s.DialName(t, "bob")
+	if j := c.Join("r"); len(j.History) != 50 { // ~50 KB in one reply, over the 4 KB queue
+		t.Fatalf("history %d", len(j.History))
+	}
+}
+
+// postJSON posts body to path with an API key and checks the status.
+func postJSON(t *testing.T, s *chattest.Server, path, key string, body any, status int) []byte {
+	t.Helper()
+	b, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPost, s.URL+path, bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-API-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != status {
+		t.Fatalf("POST %s: %d %s, want %d", path, resp.StatusCode, out, status)
+	}
+	return out
+}
+
+func TestHeartbeat(t *testing.T) {
+	s := chattest.Start(t, func(c *config.Config) {
+		c.Chat.PingInterval = 100 * time.Millisecond
+		c.Chat.PongTimeout = 400 * time.Millisecond
+	})
+	t.Run("a client that answers pings stays connected", func(t *testing.T) {
+		c := s.DialName(t, "alive") // its reader answers pings
+		time.Sleep(1200 * time.Millisecond)
+		c.OK("rooms", nil, nil)
+	})
+	t.Run("a client that does not answer is closed", func(t *testing.T) {
+		ws := rawDial(t, s, "silent")
+		time.Sleep(1200 * time.Millisecond) // not reading: pings go unanswered
+		_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return // closed by the server
+			}
+		}
+	})
+}
+
+func TestShutdownClosesEveryConnectionWith1001(t *testing.T) {
+	s := chattest.Start(t)
+	a := s.DialName(t, "alice")
+	b := s.DialName(t, "bob")
+	a.Join("r")
+	b.Join("r")
+	seq := a.Say("r", "last words")
+	s.Node.Shutdown()
+	if m := b.Message("r"); m.Seq != seq {
+		t.Fatalf("queued message lost: %+v", m)
+	}
+	for _, c := range []*chattest.Client{a, b} {
+		if code := c.CloseCode(); code != websocket.CloseGoingAway {
+			t.Fatalf("closed with %d, want 1001", code)
+		}
+	}
+	for _, path := range []string{"/readyz", "/ws?name=carol"} {
+		resp, err := http.Get(s.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("%s after shutdown: %d", path, resp.StatusCode)
+		}
+	}
+}
