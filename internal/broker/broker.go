@@ -130,6 +130,9 @@ const (
 	KindMessage Kind = iota + 1 // a room message (Message and Payload set)
 	KindEvent                   // a best-effort event (Payload) for a topic's local clients
 	KindKick                    // close the connections of Topic's user with 4003
+	// KindResync: the node missed a room's messages up to Message.Seq that
+	// history no longer holds; Payload is the "resync" event for members.
+	KindResync
 )
 
 // Delivery is what a node receives from the backbone.

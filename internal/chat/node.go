@@ -47,18 +47,20 @@ type Node struct {
 	wg    sync.WaitGroup     // one per live connection
 }
 
-// NewBroker makes the node's broker, given the handler it must deliver to.
-type NewBroker func(broker.Handler) (broker.Broker, error)
+// NewBroker makes the node's broker, given the node's id and the handler it
+// must deliver to.
+type NewBroker func(node string, h broker.Handler) (broker.Broker, error)
 
 // NewNode makes and starts a node.
 func NewNode(cfg config.ChatConf, newBroker NewBroker) (*Node, error) {
 	h := hub.New(4096)
-	b, err := newBroker(h.Deliver)
+	id := NewNodeID()
+	b, err := newBroker(id, h.Deliver)
 	if err != nil {
 		return nil, err
 	}
 	n := &Node{
-		ID:      NewNodeID(),
+		ID:      id,
 		cfg:     cfg,
 		hub:     h,
 		broker:  b,

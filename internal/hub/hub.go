@@ -309,6 +309,15 @@ func (h *Hub) deliver(d broker.Delivery) {
 				h.send(c, d.Payload)
 			}
 		}
+	case broker.KindResync:
+		if r := h.rooms[d.Topic.Name]; r != nil && r.epoch == d.Message.Epoch {
+			if d.Message.Seq > r.lastSeq {
+				r.lastSeq = d.Message.Seq
+			}
+			for c := range r.members {
+				h.send(c, d.Payload)
+			}
+		}
 	case broker.KindKick:
 		for c := range h.users[d.Topic.Name] {
 			c.Close(CloseRequest{Code: protocol.CloseKicked, Text: "kicked"})

@@ -4,10 +4,9 @@
 package svc
 
 import (
-	"fmt"
-
 	"chat/internal/broker"
 	"chat/internal/broker/memory"
+	"chat/internal/broker/redisbroker"
 	"chat/internal/chat"
 	"chat/internal/config"
 	"chat/internal/middleware"
@@ -43,11 +42,17 @@ func newBroker(c config.Config) chat.NewBroker {
 		HistoryTTL:  c.Chat.HistoryTTL,
 		PresenceTTL: c.Chat.PresenceTTL,
 	}
-	return func(h broker.Handler) (broker.Broker, error) {
-		if c.Redis.Addr != "" {
-			// Refuse rather than run alone while the operator expects a cluster.
-			return nil, fmt.Errorf("Redis.Addr is set (%s) but this build has no Redis broker yet", c.Redis.Addr)
+	return func(node string, h broker.Handler) (broker.Broker, error) {
+		if c.Redis.Addr == "" {
+			return memory.NewBackend(opts).Node(h), nil
 		}
-		return memory.NewBackend(opts).Node(h), nil
+		return redisbroker.New(redisbroker.Options{
+			Options:  opts,
+			Addr:     c.Redis.Addr,
+			Password: c.Redis.Password,
+			DB:       c.Redis.DB,
+			Prefix:   c.Redis.Prefix,
+			Node:     node,
+		}, h)
 	}
 }

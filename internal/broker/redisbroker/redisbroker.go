@@ -1,0 +1,443 @@
+// Package redisbroker is the broker for any number of replicas sharing one
+// Redis: room publishes are Lua scripts (seq, history, idempotency key and
+// PUBLISH in one step), deliveries come over one multiplexed pub/sub
+// connection per node, and presence lives in sorted sets scored by expiry
+// that each node refreshes for its own connections.
+package redisbroker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"chat/internal/broker"
+	"chat/internal/protocol"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/zeromicro/go-zero/core/logx"
+)
+
+// Options are the broker's settings beyond broker.Options.
+type Options struct {
+	broker.Options
+	Addr     string
+	Password string
+	DB       int
+	Prefix   string // key and channel prefix
+	Node     string // this node's id, for its probe channel
+
+	// ProbeInterval is how often the node publishes a probe to itself to
+	// prove its subscription still receives; 0: 5s.
+	ProbeInterval time.Duration
+}
+
+// Broker is one node's Redis broker.
+type Broker struct {
+	opts    Options
+	rdb     *redis.Client
+	handler broker.Handler
+	prefix  string
+
+	mu       sync.Mutex
+	pubsub   *redis.PubSub
+	channels map[string]broker.Topic // subscribed channel -> topic
+	waiters  map[string][]chan struct{}
+	rooms    map[string]*roomState // subscribed rooms: what was delivered
+	conns    map[string]broker.Conn
+	joins    map[string]map[string]broker.Conn // room -> client -> conn
+	probed   time.Time                         // when the last probe came back
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// roomState is what this node delivered of a room, for gap detection.
+type roomState struct {
+	epoch   string
+	lastSeq int64
+}
+
+// New connects to Redis and starts the node's subscriber, presence refresh
+// and probe. It does not fail when Redis is down: it keeps retrying.
+func New(opts Options, handler broker.Handler) (*Broker, error) {
+	opts.Options = opts.Options.WithDefaults()
+	if opts.Prefix == "" {
+		opts.Prefix = "chat"
+	}
+	if opts.ProbeInterval <= 0 {
+		opts.ProbeInterval = 5 * time.Second
+	}
+	b := &Broker{
+		opts: opts,
+		rdb: redis.NewClient(&redis.Options{
+			Addr: opts.Addr, Password: opts.Password, DB: opts.DB,
+			DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
+			MaxRetries: 1,
+		}),
+		handler:  handler,
+		prefix:   opts.Prefix + ":",
+		channels: make(map[string]broker.Topic),
+		waiters:  make(map[string][]chan struct{}),
+		rooms:    make(map[string]*roomState),
+		conns:    make(map[string]broker.Conn),
+		joins:    make(map[string]map[string]broker.Conn),
+		probed:   time.Now(),
+		stop:     make(chan struct{}),
+	}
+	b.channels[b.channel(broker.BroadcastTopic)] = broker.BroadcastTopic
+	b.channels[b.probeChannel()] = broker.Topic{}
+	b.pubsub = b.rdb.Subscribe(context.Background(), b.channelList()...)
+	b.wg.Add(3)
+	go b.receive(b.pubsub)
+	go b.refreshLoop()
+	go b.probeLoop()
+	return b, nil
+}
+
+// Keys. Room keys share a {room} hash tag so that a script's keys live in
+// one slot of a Redis Cluster.
+func (b *Broker) metaKey(room string) string { return b.prefix + "room:{" + room + "}:meta" }
+func (b *Broker) histKey(room string) string { return b.prefix + "room:{" + room + "}:history" }
+func (b *Broker) idemKey(room, from, key string) string {
+	return b.prefix + "room:{" + room + "}:key:" + strconv.Itoa(len(from)) + ":" + from + ":" + key
+}
+func (b *Broker) roomPresenceKey(room string) string {
+	return b.prefix + "presence:room:{" + room + "}"
+}
+func (b *Broker) roomUsersKey(room string) string {
+	return b.prefix + "presence:room:{" + room + "}:users"
+}
+func (b *Broker) userPresenceKey(user string) string {
+	return b.prefix + "presence:user:{" + user + "}"
+}
+func (b *Broker) roomsKey() string { return b.prefix + "presence:rooms" }
+
+// channel names a topic's pub/sub channel. Channels are only ever
+// SUBSCRIBEd, never PSUBSCRIBEd, so no room name acts as a pattern.
+func (b *Broker) channel(t broker.Topic) string {
+	switch t.Kind {
+	case broker.TopicRoom:
+		return b.prefix + "ch:room:" + t.Name
+	case broker.TopicUser:
+		return b.prefix + "ch:user:" + t.Name
+	default:
+		return b.prefix + "ch:all"
+	}
+}
+
+func (b *Broker) probeChannel() string { return b.prefix + "ch:probe:" + b.opts.Node }
+
+func (b *Broker) channelList() []string {
+	list := make([]string, 0, len(b.channels))
+	for ch := range b.channels {
+		list = append(list, ch)
+	}
+	return list
+}
+
+func newEpoch() string {
+	var e [8]byte
+	_, _ = rand.Read(e[:])
+	return hex.EncodeToString(e[:])
+}
+
+func unavailable(op string, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return fmt.Errorf("%s: %w: %v", op, broker.ErrUnavailable, err)
+}
+
+func jsonString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// Publish runs the publish script.
+func (b *Broker) Publish(ctx context.Context, p broker.Publication) (protocol.Message, error) {
+	ts := time.Now().UnixMilli()
+	tail := fmt.Sprintf(`"id":%s,"from":%s,"text":%s,"ts":%d`, jsonString(p.ID), jsonString(p.From), jsonString(p.Text), ts)
+	idem := ""
+	if p.Key != "" {
+		idem = b.idemKey(p.Room, p.From, p.Key)
+	}
+	// No json.Marshal escaping of HTML here: protocol.Encode does not
+	// escape either, and both brokers must send the same bytes.
+	tail = unescapeHTML(tail)
+	raw, err := publishScript.Run(ctx, b.rdb,
+		[]string{b.metaKey(p.Room), b.histKey(p.Room), idem},
+		unescapeHTML(jsonString(p.Room)), tail, newEpoch(), b.opts.HistorySize,
+		b.opts.HistoryTTL.Milliseconds(), b.opts.KeyTTL.Milliseconds(), b.channel(broker.Room(p.Room)),
+	).Text()
+	if err != nil {
+		return protocol.Message{}, unavailable("publish to "+p.Room, err)
+	}
+	var msg protocol.Message
+	if err := json.Unmarshal([]byte(raw), &msg); err != nil {
+		return protocol.Message{}, fmt.Errorf("publish to %s: decode %q: %w", p.Room, raw, err)
+	}
+	return msg, nil
+}
+
+// unescapeHTML undoes encoding/json's \u003c, \u003e and \u0026.
+func unescapeHTML(s string) string {
+	if !strings.Contains(s, `\u00`) {
+		return s
+	}
+	return strings.NewReplacer(`\u003c`, "<", `\u003e`, ">", `\u0026`, "&").Replace(s)
+}
+
+// History runs the history script and filters in Go (history is short).
+func (b *Broker) History(ctx context.Context, room string, q broker.HistoryQuery) (broker.History, error) {
+	res, err := historyScript.Run(ctx, b.rdb, []string{b.metaKey(room), b.histKey(room)},
+		newEpoch(), b.opts.HistoryTTL.Milliseconds()).Slice()
+	if err != nil || len(res) != 3 {
+		return broker.History{}, unavailable("history of "+room, err)
+	}
+	h := broker.History{}
+	h.Epoch, _ = res[0].(string)
+	seqText, _ := res[1].(string)
+	h.Seq, _ = strconv.ParseInt(seqText, 10, 64)
+	items, _ := res[2].([]any)
+	for _, item := range items {
+		s, _ := item.(string)
+		var m protocol.Message
+		if err := json.Unmarshal([]byte(s), &m); err != nil {
+			return broker.History{}, fmt.Errorf("history of %s: decode: %w", room, err)
+		}
+		if (q.After == 0 || m.Seq > q.After) && (q.Before == 0 || m.Seq < q.Before) {
+			h.Messages = append(h.Messages, m)
+		}
+	}
+	if q.Limit > 0 && len(h.Messages) > q.Limit {
+		h.Messages = h.Messages[len(h.Messages)-q.Limit:]
+	}
+	return h, nil
+}
+
+// head reads a room's epoch and seq without creating anything.
+func (b *Broker) head(ctx context.Context, room string) (string, int64, error) {
+	vals, err := b.rdb.HMGet(ctx, b.metaKey(room), "epoch", "seq").Result()
+	if err != nil {
+		return "", 0, err
+	}
+	epoch, _ := vals[0].(string)
+	seqText, _ := vals[1].(string)
+	seq, _ := strconv.ParseInt(seqText, 10, 64)
+	return epoch, seq, nil
+}
+
+// Subscribe subscribes the node's pub/sub connection and waits for Redis to
+// confirm it. For a room it then records the room's head, from which gaps
+// are measured.
+func (b *Broker) Subscribe(ctx context.Context, t broker.Topic) error {
+	ch := b.channel(t)
+	done := make(chan struct{})
+	b.mu.Lock()
+	b.channels[ch] = t
+	b.waiters[ch] = append(b.waiters[ch], done)
+	ps := b.pubsub
+	b.mu.Unlock()
+	if err := ps.Subscribe(ctx, ch); err != nil {
+		b.dropWaiter(ch, done)
+		return unavailable("subscribe "+ch, err)
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		b.dropWaiter(ch, done)
+		return unavailable("subscribe "+ch, ctx.Err())
+	}
+	if t.Kind == broker.TopicRoom {
+		epoch, seq, err := b.head(ctx, t.Name)
+		if err != nil {
+			return unavailable("subscribe "+ch, err)
+		}
+		b.mu.Lock()
+		if _, ok := b.rooms[t.Name]; !ok {
+			b.rooms[t.Name] = &roomState{epoch: epoch, lastSeq: seq}
+		}
+		b.mu.Unlock()
+	}
+	return nil
+}
+
+func (b *Broker) dropWaiter(ch string, done chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	list := b.waiters[ch]
+	for i, w := range list {
+		if w == done {
+			b.waiters[ch] = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+}
+
+// Unsubscribe stops the topic's deliveries to this node.
+func (b *Broker) Unsubscribe(ctx context.Context, t broker.Topic) error {
+	ch := b.channel(t)
+	b.mu.Lock()
+	delete(b.channels, ch)
+	if t.Kind == broker.TopicRoom {
+		delete(b.rooms, t.Name)
+	}
+	ps := b.pubsub
+	b.mu.Unlock()
+	if err := ps.Unsubscribe(ctx, ch); err != nil {
+		return unavailable("unsubscribe "+ch, err)
+	}
+	return nil
+}
+
+// Emit publishes a best-effort event: "E" + exclude + "\n" + payload, or
+// "K" for a kick.
+func (b *Broker) Emit(ctx context.Context, d broker.Delivery) error {
+	var env string
+	switch d.Kind {
+	case broker.KindKick:
+		env = "K"
+	default:
+		env = "E" + d.Exclude + "\n" + string(d.Payload)
+	}
+	if err := b.rdb.Publish(ctx, b.channel(d.Topic), env).Err(); err != nil {
+		return unavailable("emit to "+b.channel(d.Topic), err)
+	}
+	return nil
+}
+
+// receive delivers what arrives on the pub/sub connection. go-redis
+// reconnects and resubscribes by itself; each "subscribe" confirmation
+// (first or after a reconnect) makes the node check the room for missed
+// publications.
+func (b *Broker) receive(ps *redis.PubSub) {
+	defer b.wg.Done()
+	for item := range ps.ChannelWithSubscriptions(redis.WithChannelSize(8192), redis.WithChannelHealthCheckInterval(3*time.Second)) {
+		switch m := item.(type) {
+		case *redis.Subscription:
+			if m.Kind != "subscribe" {
+				continue
+			}
+			b.mu.Lock()
+			waiters := b.waiters[m.Channel]
+			delete(b.waiters, m.Channel)
+			t, known := b.channels[m.Channel]
+			b.mu.Unlock()
+			for _, w := range waiters {
+				close(w)
+			}
+			if known && t.Kind == broker.TopicRoom && len(waiters) == 0 {
+				b.catchUp(t.Name, 0, "")
+			}
+		case *redis.Message:
+			b.dispatch(m)
+		}
+	}
+}
+
+func (b *Broker) dispatch(m *redis.Message) {
+	if m.Channel == b.probeChannel() {
+		b.mu.Lock()
+		b.probed = time.Now()
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Lock()
+	t, ok := b.channels[m.Channel]
+	b.mu.Unlock()
+	if !ok || len(m.Payload) == 0 {
+		return
+	}
+	switch m.Payload[0] {
+	case 'M':
+		payload := []byte(m.Payload[1:])
+		var msg protocol.Message
+		if err := json.Unmarshal(payload, &msg); err != nil {
+			logx.Errorf("redis broker: bad message on %s: %v", m.Channel, err)
+			return
+		}
+		b.catchUp(msg.Room, msg.Seq, msg.Epoch)
+		b.deliverMessage(msg, payload)
+	case 'E':
+		rest := m.Payload[1:]
+		i := strings.IndexByte(rest, '\n')
+		if i < 0 {
+			return
+		}
+		b.handler(broker.Delivery{Kind: broker.KindEvent, Topic: t, Payload: []byte(rest[i+1:]), Exclude: rest[:i]})
+	case 'K':
+		b.handler(broker.Delivery{Kind: broker.KindKick, Topic: t})
+	}
+}
+
+// deliverMessage hands a room message to the node and records its seq.
+func (b *Broker) deliverMessage(msg protocol.Message, payload []byte) {
+	b.mu.Lock()
+	if st := b.rooms[msg.Room]; st != nil {
+		if st.epoch != msg.Epoch {
+			st.epoch, st.lastSeq = msg.Epoch, 0
+		}
+		if msg.Seq > st.lastSeq {
+			st.lastSeq = msg.Seq
+		}
+	}
+	b.mu.Unlock()
+	b.handler(broker.Delivery{Kind: broker.KindMessage, Topic: broker.Room(msg.Room), Message: msg, Payload: payload})
+}
+
+// catchUp fills a gap before a message of seq arrives (seq 0: after a
+// resubscribe, up to the room's head) from history, so members still see
+// every message once and in order. What history no longer holds becomes a
+// resync. It runs on the receive goroutine, which keeps the order.
+func (b *Broker) catchUp(room string, seq int64, epoch string) {
+	b.mu.Lock()
+	st := b.rooms[room]
+	var last int64
+	var known string
+	if st != nil {
+		last, known = st.lastSeq, st.epoch
+	}
+	b.mu.Unlock()
+	if st == nil || (epoch != "" && epoch != known) || (seq != 0 && seq <= last+1) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	h, err := b.History(ctx, room, broker.HistoryQuery{After: last})
+	if err != nil {
+		logx.Errorf("redis broker: fill gap in %s after %d: %v", room, last, err)
+		return
+	}
+	if h.Epoch != known {
+		return // the room restarted; the next message carries the new epoch
+	}
+	upTo := h.Seq
+	if seq != 0 {
+		upTo = seq - 1
+	}
+	if upTo <= last {
+		return
+	}
+	if len(h.Messages) == 0 || h.Messages[0].Seq != last+1 {
+		// Missed messages are no longer in history: members must resync.
+		b.mu.Lock()
+		st.lastSeq = upTo
+		b.mu.Unlock()
+		resync := protocol.MustEncode(protocol.Resync{Type: "resync", Room: room, Epoch: known, Seq: upTo})
+		b.handler(broker.Delivery{Kind: broker.KindResync, Topic: broker.Room(room), Payload: resync, Message: protocol.Message{Room: room, Epoch: known, Seq: upTo}})
+		return
+	}
+	for _, m := range h.Messages {
+		if m.Seq > upTo {
+			break
+		}
+		b.deliverMessage(m, protocol.MustEncode(m))
+	}
+}
