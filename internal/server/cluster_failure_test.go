@@ -1,0 +1,139 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"chat/internal/chattest"
+	"chat/internal/config"
+	"chat/internal/protocol"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+func TestRedisOutageAnswersUnavailableAndRecovers(t *testing.T) {
+	m := miniredis.RunT(t)
+	s := chattest.Start(t, fast, chattest.WithRedis(m.Addr(), "outage"))
+	alice := s.DialName(t, "alice")
+	bob := s.DialName(t, "bob")
+	alice.Join("r")
+	bob.Join("r")
+	alice.Say("r", "before")
+	bob.Message("r")
+
+	m.Close()
+	start := time.Now()
+	alice.Fail("send", map[string]any{"room": "r", "text": "during", "key": "k1"}, protocol.CodeUnavailable)
+	if d := time.Since(start); d > 6*time.Second {
+		t.Fatalf("unavailable took %v", d)
+	}
+	if status := getStatus(t, s.URL+"/readyz"); status != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz during outage: %d", status)
+	}
+	if err := m.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// Delivery resumes: the retry with the same key publishes once.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r := alice.Do("send", map[string]any{"room": "r", "text": "during", "key": "k1"})
+		if r.Err == nil {
+			break
+		}
+		if r.Err.Code != protocol.CodeUnavailable || time.Now().After(deadline) {
+			t.Fatalf("send after restart: %+v", r.Err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	m2 := bob.WaitFor("message", func(e chattest.Event) bool { return e.Str("text") == "during" })
+	if m2.Int("seq") != 2 {
+		t.Fatalf("after restart got %s", m2)
+	}
+	if status := getStatus(t, s.URL+"/readyz"); status != http.StatusOK {
+		t.Fatalf("/readyz after outage: %d", status)
+	}
+}
+
+func getStatus(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestRedisRestartedEmptyStartsANewEpoch(t *testing.T) {
+	m := miniredis.RunT(t)
+	s := chattest.Start(t, fast, chattest.WithRedis(m.Addr(), "empty"))
+	alice := s.DialName(t, "alice")
+	j := alice.Join("r")
+	alice.Say("r", "1")
+	alice.Say("r", "2")
+	m.FlushAll() // Redis came back with nothing
+	late := s.DialName(t, "bob")
+	var r chattest.JoinResult
+	late.OK("join", map[string]any{"room": "r", "since": map[string]any{"epoch": j.Epoch, "seq": 1}}, &r)
+	if r.Recovered || r.Epoch == j.Epoch {
+		t.Fatalf("recovery across a lost history: %+v", r)
+	}
+}
+
+func TestPubSubKillsLoseNothing(t *testing.T) {
+	addr := os.Getenv("CHAT_TEST_REDIS")
+	if addr == "" {
+		if chattest.Required() {
+			t.Fatal("CHAT_TEST_REDIS is required")
+		}
+		t.Skip("needs a real Redis (CHAT_TEST_REDIS) for CLIENT KILL")
+	}
+	nodes := cluster(t, 2, func(c *config.Config) { c.Redis.Addr = addr })
+	reader := nodes[1].DialName(t, "reader")
+	reader.Join("flow")
+	sender := nodes[0].DialName(t, "sender")
+	sender.Join("flow")
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+
+	const total = 300
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 5; i++ {
+			time.Sleep(60 * time.Millisecond)
+			_ = rdb.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err()
+		}
+	}()
+	for i := 1; i <= total; i++ {
+		// A reply of unavailable is an unknown outcome: retry with the key.
+		key := fmt.Sprint("k", i)
+		for {
+			r := sender.Do("send", map[string]any{"room": "flow", "text": key, "key": key})
+			if r.Err == nil {
+				break
+			}
+			if r.Err.Code != protocol.CodeUnavailable {
+				t.Fatalf("send: %+v", r.Err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	wg.Wait()
+	for want := int64(1); want <= total; want++ {
+		m := reader.WaitFor("message", nil)
+		if m.Int("seq") != want {
+			t.Fatalf("reader got seq %d, want %d", m.Int("seq"), want)
+		}
+	}
+	reader.Quiet("message", 300*time.Millisecond)
+	reader.Quiet("resync", 1)
+}
