@@ -46,7 +46,7 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !n.originAllowed(r) {
-		WriteError(w, r, http.StatusForbidden, protocol.CodeUnauthorized, "origin not allowed")
+		WriteError(w, r, http.StatusForbidden, protocol.CodeForbidden, "origin not allowed")
 		return
 	}
 	user, authed := userFrom(r.Context())

@@ -21,7 +21,7 @@ type command struct {
 	To     string          `json:"to"`
 	Since  *position       `json:"since"`
 	Before int64           `json:"before"`
-	Limit  int             `json:"limit"`
+	Limit  *int            `json:"limit"` // nil: the default page
 }
 
 type position struct {
@@ -118,7 +118,11 @@ func (c *Conn) handleCommand(line []byte) {
 		result, err = c.typing(ctx, &cmd)
 	case "history":
 		var msgs []protocol.Message
-		msgs, err = c.node.History(ctx, cmd.Room, cmd.Before, cmd.Limit)
+		limit := defaultHistory
+		if cmd.Limit != nil {
+			limit = *cmd.Limit
+		}
+		msgs, err = c.node.History(ctx, cmd.Room, cmd.Before, limit)
 		result = historyResult{Room: cmd.Room, Messages: msgs}
 	case "members":
 		var members []protocol.Member

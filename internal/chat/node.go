@@ -119,17 +119,15 @@ func (n *Node) Publish(ctx context.Context, room, from, text, key string) (proto
 	return msg, brokerError("publish to "+room, err)
 }
 
-// History reads a page of a room's history: limit 1..100 (0: 50), before a seq.
+// History reads a page of a room's history: limit 1..100, before a seq (0: none).
 func (n *Node) History(ctx context.Context, room string, before int64, limit int) ([]protocol.Message, error) {
 	if err := protocol.CheckRoom(room); err != nil {
 		return nil, err
 	}
-	switch {
-	case limit == 0:
-		limit = defaultHistory
-	case limit < 1 || limit > maxHistoryPage:
+	if limit < 1 || limit > maxHistoryPage {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "limit must be 1 to %d", maxHistoryPage)
-	case before < 0:
+	}
+	if before < 0 {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "before must be a seq")
 	}
 	ctx, cancel := brokerContext(ctx)
