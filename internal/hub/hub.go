@@ -32,6 +32,15 @@ type Hub struct {
 	users   map[string]map[*Client]struct{}
 	rooms   map[string]*room
 
+	// Where messages reached rooms that have no local member: the node is
+	// subscribed before its first member's join reads history, and stays
+	// subscribed a moment after its last member left, so a join can arrive
+	// after deliveries it did not read. Without this record the Hub would
+	// accept it as fresh and the member would miss those messages. Two
+	// generations bound the memory: an entry outlives at least
+	// idleGeneration newer ones, far longer than a join takes.
+	idle, idleOld map[string]position
+
 	connections atomic.Int64
 	roomCount   atomic.Int64
 	delivered   atomic.Int64
@@ -41,9 +50,21 @@ type Hub struct {
 // room is a room with local members.
 type room struct {
 	epoch   string
-	lastSeq int64             // the last seq delivered to the room's members
-	members map[*Client]int64 // member -> the seq its join reply covered; later ones are delivered
+	lastSeq int64                // the last seq delivered to the room's members
+	members map[*Client]position // member -> what its join reply covered; later messages are delivered
 }
+
+// position is a point in a room's sequence. A member's epoch can differ from
+// the room's when its join read history across a restart of the sequence;
+// it is resynced at the first message of another epoch.
+type position struct {
+	epoch string
+	seq   int64
+}
+
+// idleGeneration is how many memberless rooms one generation of Hub.idle
+// holds before it becomes Hub.idleOld.
+const idleGeneration = 1024
 
 // New makes a Hub; deliveryBuffer bounds the deliveries waiting for the
 // loop (the broker waits, not the loop, when it is full).
@@ -60,6 +81,7 @@ func New(deliveryBuffer int) *Hub {
 		clients:    make(map[*Client]struct{}),
 		users:      make(map[string]map[*Client]struct{}),
 		rooms:      make(map[string]*room),
+		idle:       make(map[string]position),
 	}
 }
 
@@ -248,20 +270,47 @@ func (h *Hub) removeMember(name string, r *room, c *Client) {
 	if len(r.members) == 0 {
 		delete(h.rooms, name)
 		h.roomCount.Store(int64(len(h.rooms)))
+		h.noteIdle(name, position{r.epoch, r.lastSeq})
 	}
+}
+
+// noteIdle records that the Hub handed out p of a room without members.
+func (h *Hub) noteIdle(name string, p position) {
+	if old, ok := h.idlePosition(name); ok && old.epoch == p.epoch && old.seq >= p.seq {
+		return
+	}
+	if len(h.idle) >= idleGeneration {
+		h.idleOld, h.idle = h.idle, make(map[string]position)
+	}
+	h.idle[name] = p
+}
+
+func (h *Hub) idlePosition(name string) (position, bool) {
+	if p, ok := h.idle[name]; ok {
+		return p, true
+	}
+	p, ok := h.idleOld[name]
+	return p, ok
 }
 
 func (h *Hub) join(req *JoinRequest) JoinResult {
 	r := h.rooms[req.Room]
-	switch {
-	case r == nil:
-		r = &room{epoch: req.Epoch, lastSeq: req.Seq, members: make(map[*Client]int64)}
-		h.rooms[req.Room] = r
-		h.roomCount.Store(int64(len(h.rooms)))
-	case r.epoch == req.Epoch && req.Seq < r.lastSeq:
+	if r == nil {
+		r = &room{epoch: req.Epoch, lastSeq: req.Seq, members: make(map[*Client]position)}
+		if p, ok := h.idlePosition(req.Room); ok && (p.epoch != req.Epoch || p.seq > req.Seq) {
+			r.epoch, r.lastSeq = p.epoch, p.seq
+		}
+	}
+	if r.epoch == req.Epoch && req.Seq < r.lastSeq {
 		return JoinResult{Stale: true, LastSeq: r.lastSeq}
 	}
-	r.members[req.Client] = req.Seq
+	if len(r.members) == 0 {
+		h.rooms[req.Room] = r
+		h.roomCount.Store(int64(len(h.rooms)))
+		delete(h.idle, req.Room)
+		delete(h.idleOld, req.Room)
+	}
+	r.members[req.Client] = position{req.Epoch, req.Seq}
 	h.send(req.Client, req.Reply)
 	return JoinResult{LastSeq: r.lastSeq}
 }
@@ -306,11 +355,17 @@ func (h *Hub) deliver(d broker.Delivery) {
 			}
 		case broker.TopicBroadcast:
 			for c := range h.clients {
-				h.send(c, d.Payload)
+				if c.ID != d.Exclude {
+					h.send(c, d.Payload)
+				}
 			}
 		}
 	case broker.KindResync:
-		if r := h.rooms[d.Topic.Name]; r != nil && r.epoch == d.Message.Epoch {
+		r := h.rooms[d.Topic.Name]
+		if r == nil {
+			h.noteIdle(d.Topic.Name, position{d.Message.Epoch, d.Message.Seq})
+		}
+		if r != nil && r.epoch == d.Message.Epoch {
 			if d.Message.Seq > r.lastSeq {
 				r.lastSeq = d.Message.Seq
 			}
@@ -328,27 +383,33 @@ func (h *Hub) deliver(d broker.Delivery) {
 // deliverMessage sends a room message to the room's members in seq order,
 // each once. The payload was encoded once for all of them.
 func (h *Hub) deliverMessage(d broker.Delivery) {
+	m := d.Message
 	r := h.rooms[d.Topic.Name]
 	if r == nil {
+		h.noteIdle(d.Topic.Name, position{m.Epoch, m.Seq})
 		return
 	}
-	m := d.Message
 	if m.Epoch != r.epoch {
-		// The room's sequence restarted (its history was lost): members
-		// cannot continue from their seq and must join again.
-		r.epoch, r.lastSeq = m.Epoch, 0
-		resync := protocol.MustEncode(protocol.Resync{Type: "resync", Room: m.Room, Epoch: m.Epoch, Seq: m.Seq})
-		for c := range r.members {
-			r.members[c] = 0
-			h.send(c, resync)
-		}
+		r.epoch, r.lastSeq = m.Epoch, 0 // the room's sequence restarted (its history was lost)
 	}
 	if m.Seq <= r.lastSeq {
 		return // already delivered
 	}
 	r.lastSeq = m.Seq
-	for c, after := range r.members {
-		if m.Seq > after {
+	var resync []byte
+	for c, p := range r.members {
+		if p.epoch != m.Epoch {
+			// The member's reply belongs to another sequence: it cannot
+			// continue from its seq and must join again. Until it does,
+			// it gets the new sequence from here on.
+			if resync == nil {
+				resync = protocol.MustEncode(protocol.Resync{Type: "resync", Room: m.Room, Epoch: m.Epoch, Seq: m.Seq})
+			}
+			h.send(c, resync)
+			p = position{epoch: m.Epoch}
+			r.members[c] = p
+		}
+		if m.Seq > p.seq {
 			h.send(c, d.Payload)
 		}
 	}

@@ -41,11 +41,29 @@ func (b *Broker) addConn(ctx context.Context, pipe redis.Pipeliner, c broker.Con
 	pipe.PExpire(ctx, key, 2*b.opts.PresenceTTL)
 }
 
+// Disconnect removes the connection and its presence in every room.
 func (b *Broker) Disconnect(ctx context.Context, c broker.Conn) error {
 	b.mu.Lock()
 	delete(b.conns, c.Client)
+	var rooms []string
+	for room, members := range b.joins {
+		if _, ok := members[c.Client]; ok {
+			delete(members, c.Client)
+			if len(members) == 0 {
+				delete(b.joins, room)
+			}
+			rooms = append(rooms, room)
+		}
+	}
 	b.mu.Unlock()
-	return wrapPresence("disconnect "+c.User, b.rdb.ZRem(ctx, b.userPresenceKey(c.User), c.Client).Err())
+	pipe := b.rdb.TxPipeline()
+	pipe.ZRem(ctx, b.userPresenceKey(c.User), c.Client)
+	for _, room := range rooms {
+		pipe.ZRem(ctx, b.roomPresenceKey(room), c.Client)
+		pipe.HDel(ctx, b.roomUsersKey(room), c.Client)
+	}
+	_, err := pipe.Exec(ctx)
+	return wrapPresence("disconnect "+c.User, err)
 }
 
 func (b *Broker) Join(ctx context.Context, room string, c broker.Conn) error {
