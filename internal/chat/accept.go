@@ -27,9 +27,17 @@ func userFrom(ctx context.Context) (string, bool) {
 	return user, ok
 }
 
-// writeBufferPool shares write buffers between connections: a buffer is held
-// only while a frame is written, so idle connections hold none.
-var writeBufferPool sync.Pool
+// upgrader keeps idle connections cheap: a small read buffer, and write
+// buffers shared through a pool, held only while a frame is written.
+var upgrader = websocket.Upgrader{
+	ReadBufferSize:  1024,
+	WriteBufferSize: 4096,
+	WriteBufferPool: &sync.Pool{},
+	CheckOrigin:     func(*http.Request) bool { return true }, // ServeWS checks it before the upgrade
+	Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
+		WriteError(w, r, status, protocol.CodeBadRequest, reason.Error())
+	},
+}
 
 // WriteError answers a refused request with the JSON error body of the REST API.
 func WriteError(w http.ResponseWriter, r *http.Request, status int, code, message string) {
@@ -66,15 +74,6 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 		n.admitted.Add(-1)
 		WriteError(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "too many connections")
 		return
-	}
-	upgrader := websocket.Upgrader{
-		ReadBufferSize:  1024,
-		WriteBufferSize: 4096,
-		WriteBufferPool: &writeBufferPool,
-		CheckOrigin:     func(*http.Request) bool { return true }, // checked above
-		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
-			WriteError(w, r, status, protocol.CodeBadRequest, reason.Error())
-		},
 	}
 	ws, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {

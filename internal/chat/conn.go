@@ -36,8 +36,9 @@ type Conn struct {
 	presence broker.Conn
 	limiter  *tokenBucket
 
-	rooms   map[string]struct{} // rooms joined; read pump only
-	closing bool                // read pump only: a close was requested, frames are ignored
+	rooms          map[string]struct{} // rooms joined; read pump only
+	closing        bool                // read pump only: a close was requested, frames are ignored
+	userSubscribed bool                // read pump only: start took a reference on the user's topic
 
 	readDone  chan struct{} // closed when the read pump stops reading
 	writeDone chan struct{} // closed when the write pump has closed the socket
@@ -97,6 +98,7 @@ func (c *Conn) start() bool {
 		c.client.Close(hub.CloseRequest{Code: websocket.CloseTryAgainLater, Text: "broker unavailable"})
 		return false
 	}
+	c.userSubscribed = true
 	c.client.Enqueue(protocol.MustEncode(protocol.Welcome{
 		Type: "welcome", Client: c.client.ID, User: c.client.User, Node: n.ID,
 		Limits: protocol.Limits{MaxText: n.cfg.MaxText, MaxRooms: n.cfg.MaxRooms, Rate: n.cfg.RateLimit},
@@ -125,8 +127,10 @@ func (c *Conn) cleanup() {
 	if err := n.broker.Disconnect(ctx, c.presence); err != nil {
 		logx.Errorf("connection %s: presence: %v", c.client.ID, err)
 	}
-	if err := n.subs.release(ctx, broker.User(c.client.User)); err != nil {
-		logx.Errorf("connection %s: unsubscribe user: %v", c.client.ID, err)
+	if c.userSubscribed {
+		if err := n.subs.release(ctx, broker.User(c.client.User)); err != nil {
+			logx.Errorf("connection %s: unsubscribe user: %v", c.client.ID, err)
+		}
 	}
 	<-c.writeDone
 	n.mu.Lock()
