@@ -115,8 +115,11 @@ func (n *Node) Publish(ctx context.Context, room, from, text, key string) (proto
 	start := time.Now()
 	msg, err := n.broker.Publish(ctx, broker.Publication{Room: room, From: from, Text: text, Key: key, ID: n.newID()})
 	metrics.publishSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return msg, brokerError("publish to "+room, err)
+	}
 	n.received.Add(1)
-	return msg, brokerError("publish to "+room, err)
+	return msg, nil
 }
 
 // History reads a page of a room's history: limit 1..100, before a seq (0: none).
@@ -196,10 +199,10 @@ func (n *Node) Direct(ctx context.Context, from, to, text, exclude string) (prot
 	payload := protocol.MustEncode(d)
 	ctx, cancel := brokerContext(ctx)
 	defer cancel()
-	n.received.Add(1)
 	if err := n.broker.Emit(ctx, broker.Delivery{Kind: broker.KindEvent, Topic: broker.User(to), Payload: payload, Exclude: exclude}); err != nil {
 		return d, 0, brokerError("direct to "+to, err)
 	}
+	n.received.Add(1)
 	if from != to {
 		if err := n.broker.Emit(ctx, broker.Delivery{Kind: broker.KindEvent, Topic: broker.User(from), Payload: payload, Exclude: exclude}); err != nil {
 			return d, 0, brokerError("direct copy to "+from, err)
