@@ -1,9 +1,12 @@
 package server_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	"chat/internal/chattest"
 	"chat/internal/config"
@@ -68,4 +71,47 @@ func TestDirectCrossesReplicas(t *testing.T) {
 			t.Fatalf("got %s", e)
 		}
 	}
+}
+
+func TestNoticeAndKickCrossReplicas(t *testing.T) {
+	nodes := cluster(t, 2, func(c *config.Config) { c.Chat.ApiKey = "key" })
+	alice := nodes[1].DialName(t, "alice")
+	bob := nodes[1].DialName(t, "bob")
+	postJSON(t, nodes[0], "/api/broadcast", "key", map[string]any{"text": "maintenance"}, 200)
+	for _, c := range []*chattest.Client{alice, bob} {
+		if e := c.WaitFor("notice", nil); e.Str("text") != "maintenance" {
+			t.Fatalf("notice %s", e)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodDelete, nodes[0].URL+"/api/users/bob/connections", nil)
+	req.Header.Set("X-API-Key", "key")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kick struct{ Closed int }
+	_ = json.NewDecoder(resp.Body).Decode(&kick)
+	resp.Body.Close()
+	if kick.Closed != 1 {
+		t.Fatalf("kick closed %d", kick.Closed)
+	}
+	if code := bob.CloseCode(); code != 4003 {
+		t.Fatalf("bob closed with %d, want 4003", code)
+	}
+}
+
+func TestIdempotentKeyHoldsAcrossReplicas(t *testing.T) {
+	nodes := cluster(t, 2)
+	a := nodes[0].DialName(t, "alice")
+	b := nodes[1].DialName(t, "alice") // the same user, retrying from another replica
+	a.Join("r")
+	b.Join("r")
+	var first, retry struct{ Seq int64 }
+	a.OK("send", map[string]any{"room": "r", "text": "once", "key": "same"}, &first)
+	b.OK("send", map[string]any{"room": "r", "text": "once", "key": "same"}, &retry)
+	if first != retry {
+		t.Fatalf("first %+v, retry %+v", first, retry)
+	}
+	a.Message("r")
+	a.Quiet("message", 200*time.Millisecond)
 }
