@@ -15,8 +15,12 @@
   // Failures where we cannot know if the server got the message: safe to
   // resend automatically with the same idempotency key after reconnecting.
   const CONN_ERRORS = new Set(['offline', 'disconnected', 'timeout']);
+  // Refusals that sending the same text again cannot fix.
+  const NO_RETRY = new Set(['invalid_text']);
+  // Codes whose friendly label says it all; the server's detail would only add noise.
+  const LABEL_ONLY = new Set([...CONN_ERRORS, 'rate_limited']);
   const FRIENDLY = {
-    rate_limited: 'Too many messages, slow down',
+    rate_limited: 'Not sent: rate limited, retry in a moment',
     invalid_text: 'Message rejected',
     unavailable: 'Service unavailable',
     not_member: 'You are not in this room',
@@ -47,7 +51,7 @@
     if (e.code === 'user_offline') return `${room && room.peer ? room.peer : 'User'} is offline`;
     const label = FRIENDLY[e.code];
     if (!label) return e.message || e.code || 'Error';
-    return e.message && e.message !== e.code && !CONN_ERRORS.has(e.code) ? `${label}: ${e.message}` : label;
+    return e.message && e.message !== e.code && !LABEL_ONLY.has(e.code) ? `${label}: ${e.message}` : label;
   }
   // localStorage can throw (privacy mode, quotas): never let that break the page.
   const load = (k) => { try { return localStorage.getItem(k); } catch { return null; } };
@@ -75,6 +79,7 @@
     lastTypingSent: 0,
     noticeSeq: 0,
     forceScroll: false,
+    focusAfterJoin: false,  // the name form was just submitted
   };
 
   function makeRoom(key) {
@@ -268,7 +273,11 @@
         else toast(ev.text, 'info');
         return;
       }
-      case 'error': return toast(errText(ev));
+      case 'error':
+        // Only fire-and-forget commands (typing) fail without an id; a dropped
+        // typing hint is not worth an alert.
+        if (ev.code === 'rate_limited') return console.debug('chat: typing hint rate limited');
+        return toast(errText(ev));
       default: console.debug('chat: unknown event', ev);
     }
   }
@@ -292,7 +301,15 @@
     const first = !S.everOnline;
     S.everOnline = true;
     setConn('online');
-    if (first) joinRoom(DEFAULT_ROOM, !S.current);
+    if (first) {
+      joinRoom(DEFAULT_ROOM, !S.current).then(() => {
+        // Someone who just picked a name wants to type next, not to stay in
+        // the name field (unless they went somewhere else meanwhile).
+        const a = document.activeElement;
+        if (S.focusAfterJoin && (!a || a === document.body || a.closest('#name-form'))) focusComposer();
+        S.focusAfterJoin = false;
+      });
+    }
     else for (const r of S.rooms.values()) if (!r.dm) joinRoom(r.key); // with `since`
     refreshDirectory();
   }
@@ -409,7 +426,15 @@
       room.keys.clear();
       hist.concat(keep).forEach((it) => addItem(room, it));
       room.noOlder = hist.length === 0 || hist[0].seq <= 1;
-      if (hadSince) addNotice(room, 'history reloaded');
+      if (hadSince) {
+        // Above the reloaded messages: it explains why what was above them is gone.
+        const first = room.items[0];
+        addItem(room, { kind: 'notice', key: null, order: first ? first.order - 1 : 0, sub: ++S.noticeSeq,
+          text: r.epoch !== room.epoch
+            ? 'The room restarted; earlier messages are no longer available'
+            : 'Reconnected after a long gap; showing the latest messages',
+          ts: Date.now(), el: null });
+      }
     }
     room.epoch = r.epoch;
     room.lastSeq = Math.max(r.seq || 0, maxSeq(room));
@@ -494,7 +519,8 @@
       renderAll();
       return r;
     }, (e) => {
-      Object.assign(o, { status: 'failed', error: errText(e, room), autoRetry: !room.dm && CONN_ERRORS.has(e.code), el: null });
+      Object.assign(o, { status: 'failed', error: errText(e, room), autoRetry: !room.dm && CONN_ERRORS.has(e.code),
+        canRetry: !NO_RETRY.has(e.code), el: null });
       renderAll();
       throw e;
     });
@@ -532,6 +558,12 @@
     const s = $('status');
     s.textContent = text;
     s.dataset.state = S.conn;
+    // Once connected, the name form is only for changing the name; phones fold it away.
+    const connected = S.conn !== 'offline';
+    document.body.classList.toggle('connected', connected);
+    $('connect').textContent = connected ? 'Change name' : 'Connect';
+    $('rename').hidden = !connected;
+    $('rename').setAttribute('aria-expanded', String($('name-form').classList.contains('open')));
   }
 
   function renderRooms() {
@@ -604,7 +636,8 @@
     const older = $('load-older');
     older.hidden = !room || room.dm;
     older.disabled = !room || room.noOlder || room.loadingOlder || !room.joined;
-    older.textContent = room && room.noOlder ? 'No older messages' : room && room.loadingOlder ? 'Loading…' : 'Load older';
+    older.textContent = room && room.noOlder ? `Beginning of #${room.key}` : room && room.loadingOlder ? 'Loading…' : 'Load older messages';
+    older.classList.toggle('at-start', !!(room && room.noOlder));
   }
 
   function renderMessages() {
@@ -650,10 +683,22 @@
     if (out && it.status === 'failed') {
       const err = el('div', 'error');
       err.append(el('span', 'error-text', it.error));
-      const retry = el('button', 'retry', 'Retry');
-      retry.type = 'button';
-      retry.addEventListener('click', () => sendOut(room, it).catch(() => {}));
-      err.append(retry);
+      if (it.canRetry !== false) {
+        const retry = el('button', 'retry', 'Retry');
+        retry.type = 'button';
+        retry.addEventListener('click', () => sendOut(room, it).catch(() => {}));
+        err.append(retry);
+      }
+      const discard = el('button', 'discard', 'Discard');
+      discard.type = 'button';
+      discard.setAttribute('aria-label', 'Discard this unsent message');
+      discard.addEventListener('click', () => {
+        const i = room.outbox.indexOf(it);
+        if (i >= 0) room.outbox.splice(i, 1);
+        renderAll();
+        focusComposer();
+      });
+      err.append(discard);
       li.append(err);
     }
     return li;
@@ -681,7 +726,7 @@
         label.addEventListener('click', () => { ensureDM(m.user); switchRoom('@' + m.user); renderAll(); $('composer').focus(); });
       }
       li.append(label);
-      if (m.connections != null) {
+      if (m.connections > 1) { // several tabs or devices
         const c = el('span', 'conns', m.connections);
         c.title = `${m.connections} connection${m.connections === 1 ? '' : 's'}`;
         c.setAttribute('aria-label', c.title);
@@ -748,7 +793,23 @@
     if (name.toLowerCase() === 'system') { toast('"system" is a reserved name'); return; }
     if (name === S.name && (S.conn === 'online' || S.conn === 'connecting')) return;
     store('chat.name', name); // empty means "let the server pick a guest name"
+    $('name-form').classList.remove('open');
+    S.focusAfterJoin = true;
     startSession(name);
+  });
+
+  $('rename').addEventListener('click', () => {
+    const open = $('name-form').classList.toggle('open');
+    renderStatus();
+    if (open) { $('name-input').focus(); $('name-input').select(); }
+  });
+  $('name-input').addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && $('name-form').classList.contains('open')) {
+      $('name-form').classList.remove('open');
+      $('name-input').value = S.name;
+      renderStatus();
+      $('rename').focus();
+    }
   });
 
   $('join-form').addEventListener('submit', (e) => {

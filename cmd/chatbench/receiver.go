@@ -1,0 +1,134 @@
+package main
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// receiver is one receiving connection. After setup, its fields are owned by
+// its read goroutine until done is closed; only delivered is shared.
+type receiver struct {
+	id   int
+	url  string
+	ws   *websocket.Conn
+	done chan struct{}
+
+	raw      bool
+	senders  int
+	messages int
+
+	delivered atomic.Int64 // unique bench messages received (read by the drain loop)
+
+	lastSeq     int64      // the room seq last seen (chat mode)
+	got         []bitset   // per sender: counters received
+	lastCounter []int      // per sender: highest counter received (raw mode order check)
+	hist        *histogram // latencies
+	lastRecvNs  int64      // receive time of the last bench message
+
+	dups       int64
+	outOfOrder int64
+	seqGaps    int64 // chat mode: seqs skipped
+	foreign    int64 // messages not sent by this run
+	resyncs    int64
+	errors     int64 // error events
+	malformed  int64
+
+	disconnect string // non-empty: the connection ended before the bench closed it
+}
+
+func newReceiver(id int, url string, ws *websocket.Conn, cfg *config) *receiver {
+	return &receiver{
+		id: id, url: url, ws: ws, done: make(chan struct{}),
+		raw: cfg.raw, senders: cfg.senders, messages: cfg.messages,
+		got:         make([]bitset, cfg.senders),
+		lastCounter: make([]int, cfg.senders),
+	}
+}
+
+// readLoop reads until the connection ends. closing tells whether the bench
+// closed it (then the error is not a disconnect).
+func (r *receiver) readLoop(pending [][]byte, closing *atomic.Bool) {
+	defer close(r.done)
+	now := time.Now().UnixNano()
+	for _, line := range pending {
+		r.handleLine(now, line)
+	}
+	for {
+		_, data, err := r.ws.ReadMessage()
+		if err != nil {
+			if !closing.Load() {
+				r.disconnect = closeReason(err)
+			}
+			return
+		}
+		now := time.Now().UnixNano()
+		for _, line := range splitLines(data) {
+			r.handleLine(now, line)
+		}
+	}
+}
+
+func (r *receiver) handleLine(now int64, line []byte) {
+	if r.raw {
+		r.handlePayload(now, line)
+		return
+	}
+	switch eventType(line) {
+	case "message":
+		seq, text, ok := parseMessage(line)
+		if !ok {
+			r.malformed++
+			return
+		}
+		// A member receives every message of its room once, in seq order:
+		// each seq must be the previous one plus 1, starting after the
+		// join reply's seq.
+		if seq != r.lastSeq+1 {
+			r.outOfOrder++
+			if seq > r.lastSeq+1 {
+				r.seqGaps += seq - r.lastSeq - 1
+			}
+		}
+		r.lastSeq = seq
+		r.handlePayload(now, text)
+	case "resync":
+		r.resyncs++
+	case "error":
+		r.errors++
+	case "":
+		r.malformed++
+	}
+}
+
+// handlePayload records one received message text.
+func (r *receiver) handlePayload(now int64, text []byte) {
+	p, ok := parsePayload(text)
+	if !ok || p.sender < 0 || p.sender >= r.senders || p.counter < 1 || p.counter > r.messages {
+		r.foreign++
+		return
+	}
+	if r.got[p.sender] == nil {
+		r.got[p.sender] = newBitset(r.messages + 1)
+	}
+	if r.got[p.sender].has(p.counter) {
+		r.dups++
+		return
+	}
+	r.got[p.sender].set(p.counter)
+	if r.raw {
+		// Raw mode has no room seq: a sender's counters must increase.
+		if p.counter < r.lastCounter[p.sender] {
+			r.outOfOrder++
+		} else {
+			r.lastCounter[p.sender] = p.counter
+		}
+	}
+	if r.hist == nil {
+		r.hist = &histogram{}
+	}
+	r.hist.record(now - p.sentNs)
+	r.lastRecvNs = now
+	r.delivered.Add(1)
+}

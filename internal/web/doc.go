@@ -1,0 +1,2 @@
+// Package web holds the real-browser tests of the bundled page.
+package web
