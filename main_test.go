@@ -4,10 +4,12 @@ import (
 	"chat/internal/config"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -29,7 +31,9 @@ func TestBinaryShutsDownGracefully(t *testing.T) {
 	bin := buildBinary(t)
 	port := chattest.FreePort(t)
 	cfg := filepath.Join(dir, "chat.yaml")
-	yaml := fmt.Sprintf("Name: chat\nHost: 127.0.0.1\nPort: %d\nLog:\n  Level: severe\nShutdown:\n  WrapUpTime: 1s\n  WaitTime: 8s\nChat:\n  DrainTimeout: 3s\n", port)
+	metricsPort := chattest.FreePort(t)
+	yaml := fmt.Sprintf("Name: chat\nHost: 127.0.0.1\nPort: %d\nLog:\n  Level: severe\nShutdown:\n  WrapUpTime: 1s\n  WaitTime: 8s\nChat:\n  DrainTimeout: 3s\n"+
+		"DevServer:\n  Enabled: true\n  Host: 127.0.0.1\n  Port: %d\n  EnablePprof: false\n", port, metricsPort)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -51,6 +55,8 @@ func TestBinaryShutsDownGracefully(t *testing.T) {
 		}
 		conns = append(conns, ws)
 	}
+
+	checkMetrics(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -184,4 +190,24 @@ func TestKilledReplicaLeavesPresenceWithinTTL(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("presence gone %v after the kill (PresenceTTL %v)", time.Since(killed), ttl)
+}
+
+// checkMetrics reads go-zero's DevServer /metrics and looks for the
+// service's own metrics (SPEC §7), with the two open connections counted.
+func checkMetrics(t *testing.T, url string) {
+	t.Helper()
+	waitStatus(t, url, http.StatusOK)
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{"chat_connections 2", "chat_rooms ", "chat_messages_received_total ",
+		"chat_events_delivered_total ", "chat_slow_consumer_closes_total ", "chat_broker_publish_seconds_bucket",
+		"chat_broker_errors_total "} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics has no %q", want)
+		}
+	}
 }

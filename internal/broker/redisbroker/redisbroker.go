@@ -405,6 +405,11 @@ func (b *Broker) catchUp(room string, seq int64, epoch string) {
 		last, known = st.lastSeq, st.epoch
 	}
 	b.mu.Unlock()
+	if known == "" {
+		// The room had no sequence when the node subscribed: the first
+		// epoch it hears of is the one it follows from seq 0.
+		known = epoch
+	}
 	if st == nil || (epoch != "" && epoch != known) || (seq != 0 && seq <= last+1) {
 		return
 	}
@@ -415,9 +420,10 @@ func (b *Broker) catchUp(room string, seq int64, epoch string) {
 		logx.Errorf("redis broker: fill gap in %s after %d: %v", room, last, err)
 		return
 	}
-	if h.Epoch != known {
+	if known != "" && h.Epoch != known {
 		return // the room restarted; the next message carries the new epoch
 	}
+	known = h.Epoch
 	upTo := h.Seq
 	if seq != 0 {
 		upTo = seq - 1
