@@ -22,9 +22,11 @@ type report struct {
 	Senders     int      `json:"senders"`
 	Messages    int      `json:"messages_per_sender"`
 	Rate        float64  `json:"rate_per_sender"` // 0: closed loop
+	SendFor     float64  `json:"send_for_seconds,omitempty"`
 	Size        int      `json:"size"`
 	ConnectOnly bool     `json:"connect_only"`
 	Stopped     string   `json:"stopped,omitempty"` // why the run ended early
+	SetupFailed bool     `json:"setup_failed,omitempty"`
 
 	Connected        int            `json:"receivers_connected"`
 	ConnectMs        float64        `json:"connect_ms"` // until every welcome (raw: every handshake)
@@ -93,7 +95,7 @@ func newReport(cfg *config) *report {
 	return &report{
 		Mode: mode, URLs: cfg.urls, SendersURL: cfg.sendersURL, Room: cfg.room,
 		Receivers: cfg.receivers, Senders: cfg.senders, Messages: cfg.messages,
-		Rate: cfg.rate, Size: cfg.size, ConnectOnly: cfg.connectOnly,
+		Rate: cfg.rate, SendFor: cfg.sendFor.Seconds(), Size: cfg.size, ConnectOnly: cfg.connectOnly,
 	}
 }
 
@@ -246,6 +248,9 @@ func (rep *report) writeText(w io.Writer) {
 	if rep.Rate > 0 {
 		rate = fmt.Sprintf("%g msg/s per sender", rep.Rate)
 	}
+	if rep.SendFor > 0 {
+		rate += fmt.Sprintf(", sending for at most %gs", rep.SendFor)
+	}
 	p("chatbench (%s mode)", rep.Mode)
 	p("  receivers on  %s", strings.Join(rep.URLs, ", "))
 	if !rep.ConnectOnly {
@@ -266,7 +271,7 @@ func (rep *report) writeText(w io.Writer) {
 	if rep.Mode == "raw" {
 		what = "handshakes"
 	}
-	p("  receivers     %d/%d connected, all %s in %s", rep.Connected, rep.Receivers, what, fmtMs(rep.ConnectMs))
+	p("  receivers     %d/%d connected, %s until the last of the %s", rep.Connected, rep.Receivers, fmtMs(rep.ConnectMs), what)
 	if rep.Mode != "raw" && rep.JoinMs > 0 {
 		p("  joins         %s", fmtMs(rep.JoinMs))
 	}
@@ -277,7 +282,7 @@ func (rep *report) writeText(w io.Writer) {
 		p("  errors        %s", fmtCounts(rep.ConnectErrors))
 	}
 
-	if !rep.ConnectOnly {
+	if !rep.ConnectOnly && !rep.SetupFailed {
 		p("sends")
 		p("  sent          %d in %.2fs (%.0f/s), accepted %d", rep.Sent, rep.SendSeconds, rep.SendRate, rep.Acked)
 		if len(rep.SendErrors) > 0 {
@@ -311,7 +316,7 @@ func (rep *report) writeText(w io.Writer) {
 		p("  senders       %s", fmtCounts(rep.SenderDisconnects))
 	}
 
-	if !rep.ConnectOnly {
+	if !rep.ConnectOnly && !rep.SetupFailed {
 		p("latency (receive time - send time)")
 		p("  all           %s", fmtLatency(rep.Latency))
 		for _, u := range slices.Sorted(maps.Keys(rep.LatencyByURL)) {

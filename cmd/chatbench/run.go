@@ -61,7 +61,9 @@ func run(ctx context.Context, cfg *config) (*report, error) {
 		}
 		srv.sample("end")
 		b.closeAll()
-		return b.finish(ctx, rep, srv, self0), b.setupError(rep)
+		err := b.setupError()
+		rep.SetupFailed = err != nil
+		return b.finish(ctx, rep, srv, self0), err
 	}
 
 	// 2. Join the room (chat mode), then start reading.
@@ -76,7 +78,8 @@ func run(ctx context.Context, cfg *config) (*report, error) {
 	})
 	b.startSenders(ctx, sconns)
 	rep.SendersConnected = len(b.senders)
-	if err := b.setupError(rep); err != nil {
+	if err := b.setupError(); err != nil {
+		rep.SetupFailed = true
 		b.closeAll()
 		return b.finish(ctx, rep, srv, self0), err
 	}
@@ -189,7 +192,7 @@ func (b *bench) startSenders(ctx context.Context, conns []*setup) {
 }
 
 // setupError reports a run that cannot measure anything.
-func (b *bench) setupError(rep *report) error {
+func (b *bench) setupError() error {
 	switch {
 	case b.cfg.receivers > 0 && len(b.receivers) == 0:
 		return errors.New("no receiver could connect")
