@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -136,4 +137,72 @@ func TestPubSubKillsLoseNothing(t *testing.T) {
 	}
 	reader.Quiet("message", 300*time.Millisecond)
 	reader.Quiet("resync", 1)
+}
+
+// TestRealRedisStoppedAndRestartedEmpty runs a redis-server of its own,
+// stops it while clients are connected and starts it again, empty, on the
+// same port.
+func TestRealRedisStoppedAndRestartedEmpty(t *testing.T) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if chattest.Required() {
+			t.Fatal("redis-server is required")
+		}
+		t.Skip("needs redis-server")
+	}
+	port := chattest.FreePort(t)
+	start := func() *exec.Cmd {
+		cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprint("127.0.0.1:", port)})
+		defer rdb.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for rdb.Ping(context.Background()).Err() != nil {
+			if time.Now().After(deadline) {
+				t.Fatal("redis-server did not start")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return cmd
+	}
+	redisProc := start()
+	s := chattest.Start(t, fast, chattest.WithRedis(fmt.Sprint("127.0.0.1:", port), "restart"))
+	alice := s.DialName(t, "alice")
+	bob := s.DialName(t, "bob")
+	alice.Join("r")
+	j := bob.Join("r")
+	alice.Say("r", "before")
+	bob.Message("r")
+
+	_ = redisProc.Process.Kill()
+	_ = redisProc.Wait()
+	alice.Fail("send", map[string]any{"room": "r", "text": "during", "key": "k1"}, protocol.CodeUnavailable)
+	if status := getStatus(t, s.URL+"/readyz"); status != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz while Redis is down: %d", status)
+	}
+	start()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		r := alice.Do("send", map[string]any{"room": "r", "text": "during", "key": "k1"})
+		if r.Err == nil {
+			break
+		}
+		if r.Err.Code != protocol.CodeUnavailable || time.Now().After(deadline) {
+			t.Fatalf("send after the restart: %+v", r.Err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Redis came back empty: the room's sequence starts again in a new
+	// epoch, and the connected member is told to resync and gets it.
+	bob.WaitFor("resync", nil)
+	m := bob.WaitFor("message", func(e chattest.Event) bool { return e.Str("text") == "during" })
+	if m.Str("epoch") == j.Epoch {
+		t.Fatalf("same epoch after Redis lost everything: %s", m)
+	}
+	if status := getStatus(t, s.URL+"/readyz"); status != http.StatusOK {
+		t.Fatalf("/readyz after the restart: %d", status)
+	}
 }
