@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -62,6 +63,7 @@ type config struct {
 	jsonOut         bool
 	dialConcurrency int
 	namePrefix      string
+	cpuProfile      string
 }
 
 // urlList is a flag that may be repeated and holds comma-separated URLs.
@@ -122,6 +124,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&c.jsonOut, "json", false, "print the report as JSON instead of text")
 	fs.IntVar(&c.dialConcurrency, "dial-concurrency", 100, "connections set up in parallel")
 	fs.StringVar(&c.namePrefix, "name", "bench", "user name prefix (receivers <name>-r<i>, senders <name>-s<i>)")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write the bench's own CPU profile to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -185,6 +188,18 @@ func main() {
 		os.Exit(3)
 	}()
 
+	if cfg.cpuProfile != "" {
+		f, err := os.Create(cfg.cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "chatbench:", err)
+			os.Exit(2)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "chatbench:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rep, err := run(ctx, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chatbench:", err)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"sync/atomic"
 	"time"
 
@@ -55,8 +56,15 @@ func (r *receiver) readLoop(pending [][]byte, closing *atomic.Bool) {
 	for _, line := range pending {
 		r.handleLine(now, line)
 	}
+	// One buffer per receiver, reused for every frame: the bench must cost
+	// far less than the server it measures.
+	var buf bytes.Buffer
 	for {
-		_, data, err := r.ws.ReadMessage()
+		_, rd, err := r.ws.NextReader()
+		if err == nil {
+			buf.Reset()
+			_, err = buf.ReadFrom(rd)
+		}
 		if err != nil {
 			if !closing.Load() {
 				r.disconnect = closeReason(err)
@@ -64,8 +72,17 @@ func (r *receiver) readLoop(pending [][]byte, closing *atomic.Bool) {
 			return
 		}
 		now := time.Now().UnixNano()
-		for _, line := range splitLines(data) {
-			r.handleLine(now, line)
+		data := buf.Bytes()
+		for len(data) > 0 {
+			line := data
+			if i := bytes.IndexByte(data, '\n'); i >= 0 {
+				line, data = data[:i], data[i+1:]
+			} else {
+				data = nil
+			}
+			if len(line) > 0 {
+				r.handleLine(now, line)
+			}
 		}
 	}
 }

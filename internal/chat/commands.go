@@ -170,7 +170,7 @@ func encodeReply(id json.RawMessage, result any, err error) []byte {
 
 func (c *Conn) answer(id json.RawMessage, result any, err error) {
 	if reply := encodeReply(id, result, err); reply != nil {
-		c.client.Enqueue(reply)
+		c.client.EnqueueReply(reply)
 	}
 }
 

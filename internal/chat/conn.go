@@ -3,6 +3,7 @@ package chat
 import (
 	"bytes"
 	"context"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -22,9 +23,10 @@ const (
 	closeGrace = 2 * time.Second
 	// maxFrameOut caps a batched outgoing frame; more events start another.
 	maxFrameOut = 64 << 10
+	// coalesceWindow is the least time between two writes to a connection
+	// under load: the latency it may add, for far fewer system calls.
+	coalesceWindow = 30 * time.Millisecond
 )
-
-var newline = []byte{'\n'}
 
 // Conn is one WebSocket connection. Its read pump is the only reader of ws
 // and runs its commands in order; its write pump is the only writer of data
@@ -99,7 +101,7 @@ func (c *Conn) start() bool {
 		return false
 	}
 	c.userSubscribed = true
-	c.client.Enqueue(protocol.MustEncode(protocol.Welcome{
+	c.client.EnqueueReply(protocol.MustEncode(protocol.Welcome{
 		Type: "welcome", Client: c.client.ID, User: c.client.User, Node: n.ID,
 		Limits: protocol.Limits{MaxText: n.cfg.MaxText, MaxRooms: n.cfg.MaxRooms, Rate: n.cfg.RateLimit},
 	}))
@@ -144,19 +146,39 @@ func (c *Conn) cleanup() {
 // JSON, sends pings, and closes the socket.
 func (c *Conn) writePump() {
 	ticker := time.NewTicker(c.node.cfg.PingInterval)
+	var lastWrite time.Time
+	coalesce := time.NewTimer(time.Hour)
+	coalesce.Stop()
 	defer func() {
 		ticker.Stop()
+		coalesce.Stop()
 		_ = c.ws.Close()
 		close(c.writeDone)
 	}()
 	for {
 		select {
 		case <-c.client.Wake():
+			// A connection written to moments ago waits out the rest of
+			// the window, so that what arrives meanwhile goes out in the
+			// same frame: under load that turns one system call per event
+			// into one per window. After a quiet spell, or when a reply
+			// the client waits for is queued, it writes at once.
+			if wait := coalesceWindow - time.Since(lastWrite); wait > 0 {
+				coalesce.Reset(wait)
+				select {
+				case <-coalesce.C:
+				case <-c.client.Urgent():
+					coalesce.Stop()
+				case <-c.readDone:
+					return
+				}
+			}
 			batch, closing := c.client.Drain()
 			if len(batch) > 0 {
 				if err := c.writeBatch(batch); err != nil {
 					return
 				}
+				lastWrite = time.Now()
 			}
 			if closing != nil {
 				c.writeClose(closing)
@@ -172,34 +194,39 @@ func (c *Conn) writePump() {
 	}
 }
 
+// framePool holds the buffers that batches are assembled in: a frame is
+// written with one WriteMessage, which gorilla sends in one system call,
+// where writing event by event through NextWriter flushed every 4 KiB.
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, maxFrameOut); return &b }}
+
+// writeBatch writes queued events as frames of newline-separated JSON, each
+// at most maxFrameOut bytes unless a single event is larger.
 func (c *Conn) writeBatch(batch [][]byte) error {
 	_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
-	w, err := c.ws.NextWriter(websocket.TextMessage)
-	if err != nil {
-		return err
+	if len(batch) == 1 {
+		return c.ws.WriteMessage(websocket.TextMessage, batch[0])
 	}
-	size := 0
-	for i, event := range batch {
-		if i > 0 {
-			if size+len(event) > maxFrameOut {
-				if err := w.Close(); err != nil {
-					return err
-				}
-				if w, err = c.ws.NextWriter(websocket.TextMessage); err != nil {
-					return err
-				}
-				size = 0
-			} else {
-				_, _ = w.Write(newline)
-				size++
+	bp := framePool.Get().(*[]byte)
+	frame := (*bp)[:0]
+	defer func() {
+		if cap(frame) <= 4*maxFrameOut { // do not keep an outsized buffer
+			*bp = frame[:0]
+			framePool.Put(bp)
+		}
+	}()
+	for _, event := range batch {
+		if len(frame) > 0 && len(frame)+1+len(event) > maxFrameOut {
+			if err := c.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+				return err
 			}
+			frame = frame[:0]
 		}
-		if _, err := w.Write(event); err != nil {
-			return err
+		if len(frame) > 0 {
+			frame = append(frame, '\n')
 		}
-		size += len(event)
+		frame = append(frame, event...)
 	}
-	return w.Close()
+	return c.ws.WriteMessage(websocket.TextMessage, frame)
 }
 
 // writeClose sends the close frame and waits briefly for the peer's answer,

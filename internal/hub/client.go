@@ -16,6 +16,7 @@ type Client struct {
 
 	maxQueue int
 	wake     chan struct{} // capacity 1: "there is something to write or a close"
+	urgent   chan struct{} // capacity 1: "a reply is queued: write without waiting to coalesce"
 
 	mu      sync.Mutex // guards the fields below; held only for O(1) work, never across I/O
 	queue   [][]byte
@@ -36,7 +37,7 @@ type CloseRequest struct {
 // NewClient makes a client whose queue holds at most maxQueueBytes behind
 // its oldest event (so one event is always admitted to an empty queue).
 func NewClient(id, user string, maxQueueBytes int) *Client {
-	return &Client{ID: id, User: user, maxQueue: maxQueueBytes, wake: make(chan struct{}, 1)}
+	return &Client{ID: id, User: user, maxQueue: maxQueueBytes, wake: make(chan struct{}, 1), urgent: make(chan struct{}, 1)}
 }
 
 // Enqueue adds an encoded event to the queue without blocking. A client
@@ -67,6 +68,22 @@ func (c *Client) Enqueue(event []byte) bool {
 	c.signal()
 	return true
 }
+
+// EnqueueReply is Enqueue for an answer the client is waiting for: the
+// write pump sends it without waiting to coalesce more events with it.
+func (c *Client) EnqueueReply(event []byte) bool {
+	if !c.Enqueue(event) {
+		return false
+	}
+	select {
+	case c.urgent <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// Urgent is signalled when a reply was queued.
+func (c *Client) Urgent() <-chan struct{} { return c.urgent }
 
 // Close asks the write pump to close the connection. The first request wins.
 func (c *Client) Close(req CloseRequest) {

@@ -311,7 +311,7 @@ func (h *Hub) join(req *JoinRequest) JoinResult {
 		delete(h.idleOld, req.Room)
 	}
 	r.members[req.Client] = position{req.Epoch, req.Seq}
-	h.send(req.Client, req.Reply)
+	h.sendReply(req.Client, req.Reply)
 	return JoinResult{LastSeq: r.lastSeq}
 }
 
@@ -322,13 +322,20 @@ func (h *Hub) leave(req leaveRequest) {
 		}
 	}
 	if req.reply != nil {
-		h.send(req.client, req.reply)
+		h.sendReply(req.client, req.reply)
 	}
 	close(req.done)
 }
 
 func (h *Hub) send(c *Client, event []byte) {
 	if c.Enqueue(event) {
+		h.delivered.Add(1)
+	}
+}
+
+// sendReply queues a join or leave reply, which the client waits for.
+func (h *Hub) sendReply(c *Client, reply []byte) {
+	if c.EnqueueReply(reply) {
 		h.delivered.Add(1)
 	}
 }
