@@ -1,0 +1,56 @@
+package chat
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/gorilla/websocket"
+)
+
+// BenchmarkWriteBatch writes a batch of 20 message events (about 150 bytes
+// each, as under fan-out load) to a real WebSocket on loopback, with a
+// reader draining the other end.
+func BenchmarkWriteBatch(b *testing.B) {
+	serverConn := make(chan *websocket.Conn, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		serverConn <- ws
+	}))
+	defer srv.Close()
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	go func() {
+		for {
+			_, r, err := client.NextReader()
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, r)
+		}
+	}()
+	c := &Conn{ws: <-serverConn}
+	defer c.ws.Close()
+	event := []byte(`{"type":"message","room":"bench","epoch":"0123456789abcdef","seq":123456,"id":"0123456789ab-1e240","from":"sender","text":"` +
+		strings.Repeat("x", 40) + `","ts":1795450568881}`)
+	batch := make([][]byte, 20)
+	for i := range batch {
+		batch[i] = event
+	}
+	b.SetBytes(int64(len(batch) * (len(event) + 1)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := c.writeBatch(batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
