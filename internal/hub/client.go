@@ -16,7 +16,7 @@ type Client struct {
 
 	maxQueue int
 	wake     chan struct{} // capacity 1: "there is something to write or a close"
-	urgent   chan struct{} // capacity 1: "a reply is queued: write without waiting to coalesce"
+	urgent   chan struct{} // capacity 1: "a reply or a frame's worth is queued: write without waiting to coalesce"
 
 	mu      sync.Mutex // guards the fields below; held only for O(1) work, never across I/O
 	queue   [][]byte
@@ -64,10 +64,19 @@ func (c *Client) Enqueue(event []byte) bool {
 	}
 	c.queue = append(c.queue, event)
 	c.queued += len(event)
+	full := c.queued >= FlushBytes
 	c.mu.Unlock()
 	c.signal()
+	if full {
+		c.hurry()
+	}
 	return true
 }
+
+// FlushBytes is how much queued data makes the write pump stop waiting to
+// coalesce: a full frame gains nothing from waiting, and a fast stream must
+// not pile up towards the slow-consumer limit while the pump waits.
+const FlushBytes = 64 << 10
 
 // EnqueueReply is Enqueue for an answer the client is waiting for: the
 // write pump sends it without waiting to coalesce more events with it.
@@ -75,14 +84,18 @@ func (c *Client) EnqueueReply(event []byte) bool {
 	if !c.Enqueue(event) {
 		return false
 	}
+	c.hurry()
+	return true
+}
+
+func (c *Client) hurry() {
 	select {
 	case c.urgent <- struct{}{}:
 	default:
 	}
-	return true
 }
 
-// Urgent is signalled when a reply was queued.
+// Urgent is signalled when a reply, or FlushBytes of events, was queued.
 func (c *Client) Urgent() <-chan struct{} { return c.urgent }
 
 // Close asks the write pump to close the connection. The first request wins.
