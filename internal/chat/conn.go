@@ -150,6 +150,9 @@ func (c *Conn) writePump() {
 	coalesce := time.NewTimer(time.Hour)
 	coalesce.Stop()
 	defer func() {
+		if p := recover(); p != nil {
+			logx.Errorf("connection %s: write pump panic: %v", c.client.ID, p)
+		}
 		ticker.Stop()
 		coalesce.Stop()
 		_ = c.ws.Close()
