@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"chat/internal/broker"
 	"chat/internal/hub"
@@ -95,7 +96,10 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 	n.conns[c] = struct{}{}
 	n.mu.Unlock()
 	n.wg.Add(1)
-	go c.writePump()
+	c.coalesce = time.NewTimer(time.Hour)
+	c.coalesce.Stop()
+	c.pinger = time.AfterFunc(n.cfg.PingInterval, c.ping)
+	c.client.SetWriter(c.write) // a writer goroutine runs only while there is something to write
 	go c.readPump()
 }
 

@@ -43,7 +43,13 @@ type Conn struct {
 	userSubscribed bool                // read pump only: start took a reference on the user's topic
 
 	readDone  chan struct{} // closed when the read pump stops reading
-	writeDone chan struct{} // closed when the write pump has closed the socket
+	writeDone chan struct{} // closed when the writer has closed the socket
+	finished  sync.Once     // closes the socket and writeDone
+
+	// The writer's: at most one writer runs at a time.
+	lastWrite time.Time
+	coalesce  *time.Timer
+	pinger    *time.Timer
 }
 
 // readPump reads frames, runs their commands, and cleans up after the
@@ -119,6 +125,7 @@ func (c *Conn) start() bool {
 // get "left"), presence and the Hub, and waits for the write pump.
 func (c *Conn) cleanup() {
 	close(c.readDone)
+	c.client.Close(hub.CloseRequest{}) // the peer is gone: a writer finishes the socket
 	n := c.node
 	n.hub.Unregister(c.client)
 	ctx, cancel := brokerContext(context.Background())
@@ -142,59 +149,72 @@ func (c *Conn) cleanup() {
 	n.wg.Done()
 }
 
-// writePump writes queued events, batched into frames of newline-separated
-// JSON, sends pings, and closes the socket.
-func (c *Conn) writePump() {
-	ticker := time.NewTicker(c.node.cfg.PingInterval)
-	var lastWrite time.Time
-	coalesce := time.NewTimer(time.Hour)
-	coalesce.Stop()
+// write is the connection's writer. It runs only while there is something
+// to write (hub.Client.SetWriter starts it), so an idle connection holds no
+// writer goroutine: it writes queued events, batched into frames of
+// newline-separated JSON, and the close frame, then closes the socket.
+func (c *Conn) write() {
 	defer func() {
 		if p := recover(); p != nil {
-			logx.Errorf("connection %s: write pump panic: %v", c.client.ID, p)
+			logx.Errorf("connection %s: writer panic: %v", c.client.ID, p)
+			c.finish()
 		}
-		ticker.Stop()
-		coalesce.Stop()
-		_ = c.ws.Close()
-		close(c.writeDone)
 	}()
 	for {
-		select {
-		case <-c.client.Wake():
-			// A connection written to moments ago waits out the rest of
-			// the window, so that what arrives meanwhile goes out in the
-			// same frame: under load that turns one system call per event
-			// into one per window. After a quiet spell, or when a reply
-			// the client waits for is queued, it writes at once.
-			if wait := coalesceWindow - time.Since(lastWrite); wait > 0 {
-				coalesce.Reset(wait)
-				select {
-				case <-coalesce.C:
-				case <-c.client.Urgent():
-					coalesce.Stop()
-				case <-c.readDone:
-					return
-				}
+		// A connection written to moments ago waits out the rest of the
+		// window, so that what arrives meanwhile goes out in the same
+		// frame: under load that turns one system call per event into one
+		// per window. After a quiet spell, when a reply the client waits
+		// for is queued, or once a frame's worth is queued, it writes at once.
+		if wait := coalesceWindow - time.Since(c.lastWrite); wait > 0 {
+			c.coalesce.Reset(wait)
+			select {
+			case <-c.coalesce.C:
+			case <-c.client.Urgent():
+				c.coalesce.Stop()
+			case <-c.readDone:
+				c.coalesce.Stop()
 			}
-			batch, closing := c.client.Drain()
-			if len(batch) > 0 {
-				if err := c.writeBatch(batch); err != nil {
-					return
-				}
-				lastWrite = time.Now()
-			}
-			if closing != nil {
-				c.writeClose(closing)
+		}
+		batch, closing := c.client.Drain()
+		if len(batch) > 0 {
+			if err := c.writeBatch(batch); err != nil {
+				// The peer is gone or stuck: end the connection. A close
+				// request makes sure no writer starts again.
+				c.client.Close(hub.CloseRequest{})
+				c.finish()
 				return
 			}
-		case <-ticker.C:
-			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
-				return
-			}
-		case <-c.readDone:
+			c.lastWrite = time.Now()
+		}
+		if closing != nil {
+			c.writeClose(closing)
+			c.finish()
+			return
+		}
+		if c.client.Idle() {
 			return
 		}
 	}
+}
+
+// ping keeps the connection alive and lets the read deadline notice a
+// peer that stopped answering. It runs on a timer, not in a goroutine of
+// its own; gorilla allows WriteControl beside the writer.
+func (c *Conn) ping() {
+	if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+		return // the read deadline ends the connection
+	}
+	c.pinger.Reset(c.node.cfg.PingInterval)
+}
+
+// finish closes the socket once; cleanup waits for it.
+func (c *Conn) finish() {
+	c.finished.Do(func() {
+		c.pinger.Stop()
+		_ = c.ws.Close()
+		close(c.writeDone)
+	})
 }
 
 // framePool holds the buffers that batches are assembled in: a frame is

@@ -23,6 +23,8 @@ type Client struct {
 	spare   [][]byte // the slice the write pump returned, reused to avoid allocating per batch
 	queued  int      // bytes in queue
 	closing *CloseRequest
+	writer  func() // started when there is work and none runs (SetWriter); nil: the owner waits on Wake
+	running bool   // a writer runs
 
 	slow *atomic.Int64 // the Hub's slow-consumer counter
 }
@@ -55,18 +57,20 @@ func (c *Client) Enqueue(event []byte) bool {
 	if len(c.queue) > 0 && c.queued-len(c.queue[0])+len(event) > c.maxQueue {
 		c.closing = &CloseRequest{Code: 4008, Text: "slow consumer"}
 		c.queue, c.queued = nil, 0
+		start := c.claimWriterLocked()
 		c.mu.Unlock()
 		if c.slow != nil {
 			c.slow.Add(1)
 		}
-		c.signal()
+		c.signal(start)
 		return false
 	}
 	c.queue = append(c.queue, event)
 	c.queued += len(event)
 	full := c.queued >= FlushBytes
+	start := c.claimWriterLocked()
 	c.mu.Unlock()
-	c.signal()
+	c.signal(start)
 	if full {
 		c.hurry()
 	}
@@ -109,11 +113,46 @@ func (c *Client) Close(req CloseRequest) {
 	if !req.Flush {
 		c.queue, c.queued = nil, 0
 	}
+	start := c.claimWriterLocked()
 	c.mu.Unlock()
-	c.signal()
+	c.signal(start)
 }
 
-func (c *Client) signal() {
+// SetWriter makes the client start write in a goroutine of its own whenever
+// there is something to write (or a close) and no writer runs; write must
+// call Idle when it finds nothing more to do. An idle connection then holds
+// no writer goroutine at all. Call it before anything is enqueued.
+func (c *Client) SetWriter(write func()) {
+	c.mu.Lock()
+	c.writer = write
+	c.mu.Unlock()
+}
+
+// claimWriterLocked reports whether the caller must start the writer. c.mu is held.
+func (c *Client) claimWriterLocked() bool {
+	if c.writer == nil || c.running {
+		return false
+	}
+	c.running = true
+	return true
+}
+
+// Idle ends the writer's run if nothing is queued and no close is pending;
+// otherwise the writer goes on.
+func (c *Client) Idle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) > 0 || c.closing != nil {
+		return false
+	}
+	c.running = false
+	return true
+}
+
+func (c *Client) signal(startWriter bool) {
+	if startWriter {
+		go c.writer()
+	}
 	select {
 	case c.wake <- struct{}{}:
 	default:
