@@ -31,7 +31,7 @@ func userFrom(ctx context.Context) (string, bool) {
 // upgrader keeps idle connections cheap: a small read buffer, and write
 // buffers shared through a pool, held only while a frame is written.
 var upgrader = websocket.Upgrader{
-	ReadBufferSize:  1024,
+	ReadBufferSize:  512, // commands are small; a larger frame is read through it in pieces
 	WriteBufferSize: 4096,
 	WriteBufferPool: &sync.Pool{},
 	CheckOrigin:     func(*http.Request) bool { return true }, // ServeWS checks it before the upgrade
@@ -96,8 +96,6 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 	n.conns[c] = struct{}{}
 	n.mu.Unlock()
 	n.wg.Add(1)
-	c.coalesce = time.NewTimer(time.Hour)
-	c.coalesce.Stop()
 	c.pinger = time.AfterFunc(n.cfg.PingInterval, c.ping)
 	c.client.SetWriter(c.write) // a writer goroutine runs only while there is something to write
 	go c.readPump()

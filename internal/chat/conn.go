@@ -167,7 +167,11 @@ func (c *Conn) write() {
 		// per window. After a quiet spell, when a reply the client waits
 		// for is queued, or once a frame's worth is queued, it writes at once.
 		if wait := coalesceWindow - time.Since(c.lastWrite); wait > 0 {
-			c.coalesce.Reset(wait)
+			if c.coalesce == nil { // made on first use: most idle connections never need it
+				c.coalesce = time.NewTimer(wait)
+			} else {
+				c.coalesce.Reset(wait)
+			}
 			select {
 			case <-c.coalesce.C:
 			case <-c.client.Urgent():
