@@ -5,6 +5,7 @@ package handler
 
 import (
 	"net/http"
+	"time"
 
 	admin "chat/internal/handler/admin"
 	public "chat/internal/handler/public"
@@ -26,6 +27,7 @@ func RegisterHandlers(server *rest.Server, serverCtx *svc.ServiceContext) {
 				},
 			}...,
 		),
+		rest.WithTimeout(0*time.Nanosecond),
 	)
 
 	server.AddRoutes(
