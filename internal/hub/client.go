@@ -27,6 +27,8 @@ type Client struct {
 	running bool   // a writer runs
 
 	slow *atomic.Int64 // the Hub's slow-consumer counter
+
+	rooms map[string]struct{} // the rooms the Hub has it in; owned by the Hub's loop
 }
 
 // CloseRequest says how a connection is to be closed.

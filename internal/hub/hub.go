@@ -257,8 +257,8 @@ func (h *Hub) removeClient(c *Client) {
 			delete(h.users, c.User)
 		}
 	}
-	for name, r := range h.rooms {
-		if _, ok := r.members[c]; ok {
+	for name := range c.rooms {
+		if r := h.rooms[name]; r != nil {
 			h.removeMember(name, r, c)
 		}
 	}
@@ -267,6 +267,7 @@ func (h *Hub) removeClient(c *Client) {
 
 func (h *Hub) removeMember(name string, r *room, c *Client) {
 	delete(r.members, c)
+	delete(c.rooms, name)
 	if len(r.members) == 0 {
 		delete(h.rooms, name)
 		h.roomCount.Store(int64(len(h.rooms)))
@@ -311,6 +312,10 @@ func (h *Hub) join(req *JoinRequest) JoinResult {
 		delete(h.idleOld, req.Room)
 	}
 	r.members[req.Client] = position{req.Epoch, req.Seq}
+	if req.Client.rooms == nil {
+		req.Client.rooms = make(map[string]struct{})
+	}
+	req.Client.rooms[req.Room] = struct{}{}
 	h.sendReply(req.Client, req.Reply)
 	return JoinResult{LastSeq: r.lastSeq}
 }
