@@ -115,9 +115,16 @@ func join(ws *websocket.Conn, room string) (seq int64, pending [][]byte, err err
 }
 
 // splitLines splits a frame into its newline-separated events. The returned
-// slices alias data.
+// slices share data's memory.
 func splitLines(data []byte) [][]byte {
 	var lines [][]byte
+	forEachLine(data, func(line []byte) { lines = append(lines, line) })
+	return lines
+}
+
+// forEachLine calls f with each non-empty newline-separated event of a
+// frame, without allocating.
+func forEachLine(data []byte, f func(line []byte)) {
 	for len(data) > 0 {
 		line := data
 		if i := bytes.IndexByte(data, '\n'); i >= 0 {
@@ -126,10 +133,9 @@ func splitLines(data []byte) [][]byte {
 			data = nil
 		}
 		if len(line) > 0 {
-			lines = append(lines, line)
+			f(line)
 		}
 	}
-	return lines
 }
 
 var typePrefix = []byte(`{"type":"`)

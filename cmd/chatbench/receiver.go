@@ -72,18 +72,7 @@ func (r *receiver) readLoop(pending [][]byte, closing *atomic.Bool) {
 			return
 		}
 		now := time.Now().UnixNano()
-		data := buf.Bytes()
-		for len(data) > 0 {
-			line := data
-			if i := bytes.IndexByte(data, '\n'); i >= 0 {
-				line, data = data[:i], data[i+1:]
-			} else {
-				data = nil
-			}
-			if len(line) > 0 {
-				r.handleLine(now, line)
-			}
-		}
+		forEachLine(buf.Bytes(), func(line []byte) { r.handleLine(now, line) })
 	}
 }
 
