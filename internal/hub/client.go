@@ -28,7 +28,11 @@ type Client struct {
 
 	slow *atomic.Int64 // the Hub's slow-consumer counter
 
-	rooms map[string]struct{} // the rooms the Hub has it in; owned by the Hub's loop
+	// Owned by the Hub's loop.
+	rooms        map[string]struct{} // the rooms the Hub has it in
+	staged       [][]byte            // events for it not yet handed to its queue
+	stagedUrgent bool                // staged holds a reply
+	dirty        bool                // it is in Hub.dirty
 }
 
 // CloseRequest says how a connection is to be closed.
@@ -48,35 +52,46 @@ func NewClient(id, user string, maxQueueBytes int) *Client {
 // whose queue would exceed its limit is closed as a slow consumer (4008) and
 // the event dropped; it reports whether the event was queued.
 func (c *Client) Enqueue(event []byte) bool {
+	return c.enqueue([][]byte{event}, false) == 1
+}
+
+// enqueue adds events under one lock and reports how many were queued.
+// urgent asks the writer not to wait to coalesce them.
+func (c *Client) enqueue(events [][]byte, urgent bool) int {
 	c.mu.Lock()
 	if c.closing != nil {
 		c.mu.Unlock()
-		return false
+		return 0
 	}
-	// The oldest queued event is not counted: it is the next to be written,
-	// and a large one (a recovery reply) must not trip the rule for the
-	// small events that follow it.
-	if len(c.queue) > 0 && c.queued-len(c.queue[0])+len(event) > c.maxQueue {
-		c.closing = &CloseRequest{Code: 4008, Text: "slow consumer"}
-		c.queue, c.queued = nil, 0
-		start := c.claimWriterLocked()
-		c.mu.Unlock()
-		if c.slow != nil {
-			c.slow.Add(1)
+	queued, slow := 0, false
+	for _, event := range events {
+		// The oldest queued event is not counted: it is the next to be
+		// written, and a large one (a recovery reply) must not trip the
+		// rule for the small events that follow it.
+		if len(c.queue) > 0 && c.queued-len(c.queue[0])+len(event) > c.maxQueue {
+			c.closing = &CloseRequest{Code: 4008, Text: "slow consumer"}
+			c.queue, c.queued = nil, 0
+			slow = true
+			break
 		}
-		c.signal(start)
-		return false
+		c.queue = append(c.queue, event)
+		c.queued += len(event)
+		queued++
 	}
-	c.queue = append(c.queue, event)
-	c.queued += len(event)
 	full := c.queued >= FlushBytes
 	start := c.claimWriterLocked()
 	c.mu.Unlock()
+	if slow {
+		queued = 0
+		if c.slow != nil {
+			c.slow.Add(1)
+		}
+	}
 	c.signal(start)
-	if full {
+	if !slow && (full || urgent) {
 		c.hurry()
 	}
-	return true
+	return queued
 }
 
 // FlushBytes is how much queued data makes the write pump stop waiting to
@@ -87,11 +102,7 @@ const FlushBytes = 64 << 10
 // EnqueueReply is Enqueue for an answer the client is waiting for: the
 // write pump sends it without waiting to coalesce more events with it.
 func (c *Client) EnqueueReply(event []byte) bool {
-	if !c.Enqueue(event) {
-		return false
-	}
-	c.hurry()
-	return true
+	return c.enqueue([][]byte{event}, true) == 1
 }
 
 func (c *Client) hurry() {

@@ -31,6 +31,7 @@ type Hub struct {
 	clients map[*Client]struct{}
 	users   map[string]map[*Client]struct{}
 	rooms   map[string]*room
+	dirty   []*Client // clients with staged events
 
 	// Where messages reached rooms that have no local member: the node is
 	// subscribed before its first member's join reads history, and stays
@@ -118,6 +119,7 @@ type leaveRequest struct {
 // Run is the Hub's loop. It returns when Stop is called.
 func (h *Hub) Run() {
 	defer close(h.done)
+	handled := 0
 	for {
 		select {
 		case c := <-h.register:
@@ -125,17 +127,30 @@ func (h *Hub) Run() {
 		case c := <-h.unregister:
 			h.removeClient(c)
 		case req := <-h.joins:
-			req.result <- h.join(req)
+			res := h.join(req)
+			h.flush() // the reply is queued before the caller goes on
+			req.result <- res
 		case req := <-h.leaves:
 			h.leave(req)
+			h.flush()
+			close(req.done)
 		case d := <-h.deliveries:
+			if d.Kind == broker.KindKick {
+				h.flush() // what the kicked user was sent before goes first
+			}
 			h.deliver(d)
 		case req := <-h.closeAll:
+			h.flush()
 			for c := range h.clients {
 				c.Close(req)
 			}
 		case <-h.quit:
+			h.flush()
 			return
+		}
+		if handled++; len(h.deliveries) == 0 || handled >= flushEvery {
+			h.flush()
+			handled = 0
 		}
 	}
 }
@@ -329,21 +344,41 @@ func (h *Hub) leave(req leaveRequest) {
 	if req.reply != nil {
 		h.sendReply(req.client, req.reply)
 	}
-	close(req.done)
 }
 
+// send stages an event for a client. Staged events reach the client's
+// queue in one locked step per client when the loop has no more deliveries
+// waiting (flush): under load a message to a thousand members then costs a
+// thousand appends, not a thousand lock round trips.
 func (h *Hub) send(c *Client, event []byte) {
-	if c.Enqueue(event) {
-		h.delivered.Add(1)
+	c.staged = append(c.staged, event)
+	if !c.dirty {
+		c.dirty = true
+		h.dirty = append(h.dirty, c)
 	}
 }
 
-// sendReply queues a join or leave reply, which the client waits for.
+// sendReply stages a join or leave reply, which the client waits for.
 func (h *Hub) sendReply(c *Client, reply []byte) {
-	if c.EnqueueReply(reply) {
-		h.delivered.Add(1)
-	}
+	h.send(c, reply)
+	c.stagedUrgent = true
 }
+
+// flush hands every staged event to its client's queue.
+func (h *Hub) flush() {
+	for i, c := range h.dirty {
+		n := c.enqueue(c.staged, c.stagedUrgent)
+		h.delivered.Add(int64(n))
+		clear(c.staged)
+		c.staged, c.stagedUrgent, c.dirty = c.staged[:0], false, false
+		h.dirty[i] = nil
+	}
+	h.dirty = h.dirty[:0]
+}
+
+// flushEvery bounds how many deliveries the loop handles before it flushes
+// even though more are waiting, which bounds the latency staging adds.
+const flushEvery = 64
 
 func (h *Hub) deliver(d broker.Delivery) {
 	switch d.Kind {
