@@ -182,7 +182,9 @@ func (c *Conn) write() {
 		}
 		batch, closing := c.client.Drain()
 		if len(batch) > 0 {
-			if err := c.writeBatch(batch); err != nil {
+			err := c.writeBatch(batch)
+			clear(batch) // an idle connection must not keep its last events alive
+			if err != nil {
 				// The peer is gone or stuck: end the connection. A close
 				// request makes sure no writer starts again.
 				c.client.Close(hub.CloseRequest{})
