@@ -20,13 +20,13 @@
 package main
 
 import (
+	"chat/internal/protocol"
 	"context"
 	"flag"
 	"fmt"
 	"net/url"
 	"os"
 	"os/signal"
-	"regexp"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -99,8 +99,6 @@ func checkWSURL(s string) error {
 	return nil
 }
 
-var roomPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
-
 func parseFlags(args []string) (*config, error) {
 	fs := flag.NewFlagSet("chatbench", flag.ContinueOnError)
 	var c config
@@ -158,7 +156,7 @@ func parseFlags(args []string) (*config, error) {
 		return nil, fmt.Errorf("-duration must be in (0, %s]", maxDuration)
 	case c.dialConcurrency < 1 || c.dialConcurrency > 10000:
 		return nil, fmt.Errorf("-dial-concurrency must be in 1..10000")
-	case !c.raw && !roomPattern.MatchString(c.room):
+	case !c.raw && !protocol.ValidRoom(c.room):
 		return nil, fmt.Errorf("-room %q is not a valid room name", c.room)
 	case c.drain < 0 || c.hold < 0 || c.sendFor < 0 || c.replyTimeout <= 0:
 		return nil, fmt.Errorf("-drain, -hold, -send-for and -reply-timeout must be positive")

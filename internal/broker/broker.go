@@ -10,6 +10,8 @@ package broker
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"time"
 
@@ -173,6 +175,14 @@ type Options struct {
 	HistoryTTL  time.Duration
 	PresenceTTL time.Duration
 	KeyTTL      time.Duration // idempotency window
+}
+
+// NewEpoch makes a room sequence's epoch: random, so that a sequence that
+// restarts (history lost) can never be mistaken for the old one.
+func NewEpoch() string {
+	var e [8]byte
+	_, _ = rand.Read(e[:])
+	return hex.EncodeToString(e[:])
 }
 
 // DefaultKeyTTL is how long an idempotency key is remembered (SPEC §3).

@@ -5,8 +5,6 @@ package memory
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"sort"
 	"sync"
 	"time"
@@ -69,19 +67,13 @@ type node struct {
 	conns   map[string]struct{}       // this node's client ids; guarded by backend.mu
 }
 
-func newEpoch() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 // roomLocked returns the room's live state, starting a new epoch when it
 // has none or its history expired. b.mu is held.
 func (b *Backend) roomLocked(name string) *room {
 	now := b.now()
 	r := b.rooms[name]
 	if r == nil || now.After(r.expires) {
-		r = &room{epoch: newEpoch(), keys: make(map[string]keyEntry)}
+		r = &room{epoch: broker.NewEpoch(), keys: make(map[string]keyEntry)}
 		b.rooms[name] = r
 	}
 	r.expires = now.Add(b.opts.HistoryTTL)

@@ -21,7 +21,7 @@ func missedPublish(t *testing.T, b *Broker, room, text string) {
 	tail := `"id":"x","from":"ghost","text":` + jsonString(text) + `,"ts":1`
 	err := publishScript.Run(context.Background(), b.rdb,
 		[]string{b.metaKey(room), b.histKey(room), ""},
-		jsonString(room), tail, newEpoch(), b.opts.HistorySize,
+		jsonString(room), tail, broker.NewEpoch(), b.opts.HistorySize,
 		b.opts.HistoryTTL.Milliseconds(), b.opts.KeyTTL.Milliseconds(), b.prefix+"ch:nobody").Err()
 	if err != nil {
 		t.Fatal(err)

@@ -7,8 +7,6 @@ package redisbroker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -142,12 +140,6 @@ func (b *Broker) channelList() []string {
 	return list
 }
 
-func newEpoch() string {
-	var e [8]byte
-	_, _ = rand.Read(e[:])
-	return hex.EncodeToString(e[:])
-}
-
 func unavailable(op string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err
@@ -173,7 +165,7 @@ func (b *Broker) Publish(ctx context.Context, p broker.Publication) (protocol.Me
 	tail = unescapeHTML(tail)
 	raw, err := publishScript.Run(ctx, b.rdb,
 		[]string{b.metaKey(p.Room), b.histKey(p.Room), idem},
-		unescapeHTML(jsonString(p.Room)), tail, newEpoch(), b.opts.HistorySize,
+		unescapeHTML(jsonString(p.Room)), tail, broker.NewEpoch(), b.opts.HistorySize,
 		b.opts.HistoryTTL.Milliseconds(), b.opts.KeyTTL.Milliseconds(), b.channel(broker.Room(p.Room)),
 	).Text()
 	if err != nil {
@@ -197,7 +189,7 @@ func unescapeHTML(s string) string {
 // History runs the history script and filters in Go (history is short).
 func (b *Broker) History(ctx context.Context, room string, q broker.HistoryQuery) (broker.History, error) {
 	res, err := historyScript.Run(ctx, b.rdb, []string{b.metaKey(room), b.histKey(room)},
-		newEpoch(), b.opts.HistoryTTL.Milliseconds()).Slice()
+		broker.NewEpoch(), b.opts.HistoryTTL.Milliseconds()).Slice()
 	if err != nil || len(res) != 3 {
 		return broker.History{}, unavailable("history of "+room, err)
 	}

@@ -32,7 +32,7 @@ func TestConformanceRedis(t *testing.T) {
 		t.Skip("CHAT_TEST_REDIS not set")
 	}
 	brokertest.Run(t, func(t *testing.T, opts broker.Options) brokertest.Cluster {
-		prefix := "conf-" + newEpoch()
+		prefix := "conf-" + broker.NewEpoch()
 		t.Cleanup(func() { flushPrefix(t, addr, prefix) })
 		return &cluster{addr: addr, prefix: prefix, opts: opts}
 	})
@@ -47,7 +47,7 @@ type cluster struct {
 
 func (c *cluster) Node(t *testing.T, h broker.Handler) broker.Broker {
 	c.nodes++
-	b, err := New(Options{Options: c.opts, Addr: c.addr, Prefix: c.prefix, Node: newEpoch(), ProbeInterval: time.Second}, h)
+	b, err := New(Options{Options: c.opts, Addr: c.addr, Prefix: c.prefix, Node: broker.NewEpoch(), ProbeInterval: time.Second}, h)
 	if err != nil {
 		t.Fatal(err)
 	}
