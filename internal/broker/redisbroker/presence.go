@@ -59,8 +59,7 @@ func (b *Broker) Disconnect(ctx context.Context, c broker.Conn) error {
 	pipe := b.rdb.TxPipeline()
 	pipe.ZRem(ctx, b.userPresenceKey(c.User), c.Client)
 	for _, room := range rooms {
-		pipe.ZRem(ctx, b.roomPresenceKey(room), c.Client)
-		pipe.HDel(ctx, b.roomUsersKey(room), c.Client)
+		b.removeJoin(ctx, pipe, room, c)
 	}
 	_, err := pipe.Exec(ctx)
 	return wrapPresence("disconnect "+c.User, err)
@@ -91,6 +90,12 @@ func (b *Broker) addJoin(ctx context.Context, pipe redis.Pipeliner, room string,
 	}
 }
 
+// removeJoin is addJoin's inverse.
+func (b *Broker) removeJoin(ctx context.Context, pipe redis.Pipeliner, room string, c broker.Conn) {
+	pipe.ZRem(ctx, b.roomPresenceKey(room), c.Client)
+	pipe.HDel(ctx, b.roomUsersKey(room), c.Client)
+}
+
 func (b *Broker) Leave(ctx context.Context, room string, c broker.Conn) error {
 	b.mu.Lock()
 	if members := b.joins[room]; members != nil {
@@ -101,8 +106,7 @@ func (b *Broker) Leave(ctx context.Context, room string, c broker.Conn) error {
 	}
 	b.mu.Unlock()
 	pipe := b.rdb.TxPipeline()
-	pipe.ZRem(ctx, b.roomPresenceKey(room), c.Client)
-	pipe.HDel(ctx, b.roomUsersKey(room), c.Client)
+	b.removeJoin(ctx, pipe, room, c)
 	_, err := pipe.Exec(ctx)
 	return wrapPresence("leave "+room, err)
 }
@@ -287,8 +291,7 @@ func (b *Broker) Close() error {
 	}
 	for room, members := range joins {
 		for _, c := range members {
-			pipe.ZRem(ctx, b.roomPresenceKey(room), c.Client)
-			pipe.HDel(ctx, b.roomUsersKey(room), c.Client)
+			b.removeJoin(ctx, pipe, room, c)
 		}
 	}
 	_, _ = pipe.Exec(ctx)
