@@ -1,7 +1,9 @@
 package chat
 
 import (
+	"bufio"
 	"context"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -28,10 +30,14 @@ func userFrom(ctx context.Context) (string, bool) {
 	return user, ok
 }
 
-// upgrader keeps idle connections cheap: a small read buffer, and write
-// buffers shared through a pool, held only while a frame is written.
+// readBufferSize: commands are small; a larger frame is read through the
+// buffer in pieces.
+const readBufferSize = 512
+
+// upgrader keeps idle connections cheap: a small read buffer (handed over
+// by readerHijacker, hence ReadBufferSize 0), and write buffers shared
+// through a pool, held only while a frame is written.
 var upgrader = websocket.Upgrader{
-	ReadBufferSize:  512, // commands are small; a larger frame is read through it in pieces
 	WriteBufferSize: 4096,
 	WriteBufferPool: &sync.Pool{},
 	CheckOrigin:     func(*http.Request) bool { return true }, // ServeWS checks it before the upgrade
@@ -76,7 +82,8 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "too many connections")
 		return
 	}
-	ws, err := upgrader.Upgrade(w, r, nil)
+	hijacker := &readerHijacker{ResponseWriter: w}
+	ws, err := upgrader.Upgrade(hijacker, r, nil)
 	if err != nil {
 		n.admitted.Add(-1)
 		return // the upgrader answered
@@ -85,6 +92,7 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 	c := &Conn{
 		node:      n,
 		ws:        ws,
+		br:        hijacker.br,
 		client:    hub.NewClient(id, user, n.cfg.MaxQueueBytes),
 		presence:  broker.Conn{Client: id, User: user, Node: n.ID},
 		limiter:   newTokenBucket(n.cfg.RateLimit, n.cfg.RateBurst),
@@ -99,6 +107,24 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 	c.pinger = time.AfterFunc(n.cfg.PingInterval, c.ping)
 	c.client.SetWriter(c.write) // a writer goroutine runs only while there is something to write
 	go c.readPump()
+}
+
+// readerHijacker gives gorilla a read buffer that the connection keeps a
+// hold of, so that its read pump can tell when everything that has arrived
+// is read (see await). Gorilla reads through the hijacked reader when
+// ReadBufferSize is 0 and the reader holds more than 256 bytes.
+type readerHijacker struct {
+	http.ResponseWriter
+	br *bufio.Reader
+}
+
+func (h *readerHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil || brw.Reader.Buffered() > 0 {
+		return conn, brw, err // gorilla refuses a client that sent data before the handshake's end
+	}
+	h.br = bufio.NewReaderSize(conn, readBufferSize)
+	return conn, bufio.NewReadWriter(h.br, brw.Writer), nil
 }
 
 // originAllowed: no Origin (not a browser), the page's own host, or one of

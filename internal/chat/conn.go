@@ -1,6 +1,7 @@
 package chat
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"sync"
@@ -28,12 +29,13 @@ const (
 	coalesceWindow = 30 * time.Millisecond
 )
 
-// Conn is one WebSocket connection. Its read pump is the only reader of ws
-// and runs its commands in order; its write pump is the only writer of data
+// Conn is one WebSocket connection. Its read pump (one goroutine at a time,
+// see await) is the only reader of ws and runs its commands in order; its write pump is the only writer of data
 // frames (control frames may be written by either, as gorilla allows).
 type Conn struct {
 	node     *Node
 	ws       *websocket.Conn
+	br       *bufio.Reader // gorilla's read buffer: what has arrived and is not read yet
 	client   *hub.Client
 	presence broker.Conn
 	limiter  *tokenBucket
@@ -52,30 +54,69 @@ type Conn struct {
 	pinger    *time.Timer
 }
 
-// readPump reads frames, runs their commands, and cleans up after the
-// connection when reading ends.
-func (c *Conn) readPump() {
-	defer c.cleanup()
+// The read pump. A goroutine's stack grows while it runs a
+// command and, in practice, never shrinks back: the runtime halves a stack
+// only when a quarter of it would do. A reader that waits in the goroutine
+// that ran its last command would hold 4–8 KiB for as long as it is idle.
+// So the connection waits for its next frame in a fresh goroutine (await)
+// that has run nothing else and needs the smallest stack, reads with it
+// what has arrived, then hands the waiting on to another fresh goroutine.
+// One reader runs at a time; the go statement orders each hand-over.
+
+// readPump starts the connection, then leaves the waiting to await.
+func (c *Conn) readPump() { c.read(c.begin) }
+
+// await waits for the next frame. It answers the client's pongs itself, so
+// that an idle connection's heartbeat never wakes the deep read path.
+func (c *Conn) await() {
+	for c.skipPong() {
+	}
+	c.read(c.readFrames)
+}
+
+// read runs step; when step says reading goes on, a fresh goroutine awaits
+// the next frame, and otherwise the connection is cleaned up.
+func (c *Conn) read(step func() bool) {
+	more := false
 	defer func() {
 		if p := recover(); p != nil {
 			logx.Errorf("connection %s: panic: %v", c.client.ID, p)
 			c.client.Close(hub.CloseRequest{Code: websocket.CloseInternalServerErr, Text: "internal error"})
+			more = false
+		}
+		if more {
+			go c.await()
+		} else {
+			c.cleanup()
 		}
 	}()
+	more = step()
+}
+
+// begin registers the connection and sets up reading.
+func (c *Conn) begin() bool {
 	if !c.start() {
-		return
+		return false
 	}
-	cfg := c.node.cfg
-	c.ws.SetReadLimit(int64(cfg.MaxFrameBytes)) // over it gorilla answers 1009 and the read fails
-	alive := func() { _ = c.ws.SetReadDeadline(time.Now().Add(cfg.PongTimeout)) }
-	alive()
-	c.ws.SetPongHandler(func(string) error { alive(); return nil })
+	c.ws.SetReadLimit(int64(c.node.cfg.MaxFrameBytes)) // over it gorilla answers 1009 and the read fails
+	c.alive()
+	c.ws.SetPongHandler(func(string) error { c.alive(); return nil })
+	return true
+}
+
+// alive moves the read deadline: a peer that sends nothing, not even a
+// pong, within PongTimeout is gone.
+func (c *Conn) alive() { _ = c.ws.SetReadDeadline(time.Now().Add(c.node.cfg.PongTimeout)) }
+
+// readFrames reads messages and runs their commands until nothing that has
+// arrived is left unread. It returns false when reading has ended.
+func (c *Conn) readFrames() bool {
 	for {
 		kind, data, err := c.ws.ReadMessage()
 		if err != nil {
-			return
+			return false
 		}
-		alive()
+		c.alive()
 		switch {
 		case c.closing:
 			// A close was requested: wait for the peer's close frame.
@@ -86,7 +127,30 @@ func (c *Conn) readPump() {
 		default:
 			c.handleFrame(data)
 		}
+		if c.br.Buffered() == 0 {
+			return true
+		}
 	}
+}
+
+// skipPong waits until a frame starts to arrive and, when it is a whole
+// pong, consumes it in place of gorilla, which it leaves at the same frame
+// boundary. Anything else (other frames, protocol errors, read errors) is
+// left for gorilla to read and report.
+func (c *Conn) skipPong() bool {
+	head, err := c.br.Peek(2)
+	// A client's pong: FIN and opcode 10, no reserved bits, masked, and a
+	// payload of at most 125 bytes (RFC 6455 §5.5), after a 4-byte mask key.
+	if err != nil || head[0] != 0x8A || head[1]&0x80 == 0 || head[1]&0x7F > 125 {
+		return false
+	}
+	n := 2 + 4 + int(head[1]&0x7F)
+	if _, err := c.br.Peek(n); err != nil {
+		return false
+	}
+	_, _ = c.br.Discard(n)
+	c.alive()
+	return true
 }
 
 func (c *Conn) closeWith(code int, text string) {

@@ -1,0 +1,121 @@
+package server_test
+
+import (
+	"bytes"
+	"runtime/pprof"
+	"strings"
+	"testing"
+	"time"
+
+	"chat/internal/chattest"
+	"chat/internal/config"
+
+	"github.com/gorilla/websocket"
+)
+
+// maskedFrame is a client frame as RFC 6455 §5.2 lays it out: FIN, the
+// opcode, the mask bit and length, the mask key, the masked payload.
+func maskedFrame(opcode byte, payload string) []byte {
+	key := [4]byte{0x12, 0x34, 0x56, 0x78}
+	f := []byte{0x80 | opcode}
+	switch n := len(payload); {
+	case n <= 125:
+		f = append(f, 0x80|byte(n))
+	default:
+		f = append(f, 0x80|126, byte(n>>8), byte(n))
+	}
+	f = append(f, key[:]...)
+	for i := 0; i < len(payload); i++ {
+		f = append(f, payload[i]^key[i%4])
+	}
+	return f
+}
+
+// writeRaw writes frames in one system call, so that they arrive together.
+func writeRaw(t *testing.T, c *chattest.Client, frames ...[]byte) {
+	t.Helper()
+	if _, err := c.WS.NetConn().Write(bytes.Join(frames, nil)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitReply(c *chattest.Client, id string) chattest.Event {
+	return c.WaitFor("reply", func(e chattest.Event) bool { return e.Str("id") == id })
+}
+
+func TestFramesThatArriveTogetherAreAllRead(t *testing.T) {
+	s := chattest.Start(t)
+	c := s.DialName(t, "together")
+	long := `{"type":"members","room":"r","id":"long","pad":"` + strings.Repeat("x", 3000) + `"}`
+	writeRaw(t, c,
+		maskedFrame(websocket.TextMessage, `{"type":"join","room":"r","id":"1"}`),
+		maskedFrame(websocket.PongMessage, "p"),
+		maskedFrame(websocket.PingMessage, "hello"),
+		maskedFrame(websocket.TextMessage, `{"type":"rooms","id":"2"}`),
+		maskedFrame(websocket.PongMessage, ""),
+		maskedFrame(websocket.TextMessage, long), // larger than the read buffer
+		maskedFrame(websocket.TextMessage, `{"type":"send","room":"r","text":"hi","id":"3"}`),
+	)
+	for _, id := range []string{"1", "2", "long", "3"} {
+		if e := waitReply(c, id); e.Field("error") != nil {
+			t.Fatalf("reply %s: %s", id, e)
+		}
+	}
+	// Frames that arrive one by one, after the connection went idle, and a
+	// frame split across two writes.
+	time.Sleep(50 * time.Millisecond)
+	writeRaw(t, c, maskedFrame(websocket.PongMessage, "idle"))
+	time.Sleep(50 * time.Millisecond)
+	frame := maskedFrame(websocket.TextMessage, `{"type":"rooms","id":"4"}`)
+	writeRaw(t, c, frame[:5])
+	time.Sleep(50 * time.Millisecond)
+	writeRaw(t, c, frame[5:])
+	waitReply(c, "4")
+}
+
+func TestUnmaskedPongIsAProtocolError(t *testing.T) {
+	s := chattest.Start(t)
+	c := s.DialName(t, "unmasked")
+	writeRaw(t, c, []byte{0x80 | websocket.PongMessage, 0}) // no mask bit
+	select {
+	case <-c.Done():
+	case <-time.After(chattest.Timeout):
+		t.Fatal("connection still open")
+	}
+	if code := c.CloseCode(); code != websocket.CloseProtocolError {
+		t.Fatalf("close code %d, want %d", code, websocket.CloseProtocolError)
+	}
+}
+
+// An idle connection, even one that has run commands and answers pings,
+// waits for its next frame in await, a goroutine that has run nothing
+// else, not in a read pump goroutine whose stack grew with its commands.
+func TestIdleConnectionsWaitInAwait(t *testing.T) {
+	s := chattest.Start(t, func(c *config.Config) {
+		c.Chat.PingInterval = 20 * time.Millisecond
+		c.Chat.PongTimeout = 2 * time.Second
+	})
+	const n = 20
+	for i := range n {
+		c := s.DialName(t, "idle-"+chattest.Itoa(i))
+		c.Join("idle")
+		c.Say("idle", "hello")
+	}
+	time.Sleep(200 * time.Millisecond) // several pings, answered by each client
+	var stacks strings.Builder
+	if err := pprof.Lookup("goroutine").WriteTo(&stacks, 2); err != nil {
+		t.Fatal(err)
+	}
+	waiting, reading := 0, 0
+	for _, g := range strings.Split(stacks.String(), "\n\n") {
+		switch {
+		case strings.Contains(g, "chat.(*Conn).readFrames"):
+			reading++
+		case strings.Contains(g, "chat.(*Conn).await"):
+			waiting++
+		}
+	}
+	if waiting < n || reading != 0 {
+		t.Fatalf("%d goroutines wait in await and %d in readFrames; want at least %d and 0", waiting, reading, n)
+	}
+}
