@@ -30,9 +30,11 @@ func userFrom(ctx context.Context) (string, bool) {
 	return user, ok
 }
 
-// readBufferSize: commands are small; a larger frame is read through the
-// buffer in pieces.
-const readBufferSize = 512
+// readBufferSize holds a frame header and a control frame (RFC 6455 §5.5:
+// at most 125 bytes of payload) whole. It is the size class just above the
+// 256 bytes gorilla needs before it reads through a hijacked reader; larger
+// frames are read through it in pieces, or past it into the message.
+const readBufferSize = 288
 
 // upgrader keeps idle connections cheap: a small read buffer (handed over
 // by readerHijacker, hence ReadBufferSize 0), and write buffers shared
@@ -96,7 +98,6 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 		client:    hub.NewClient(id, user, n.cfg.MaxQueueBytes),
 		presence:  broker.Conn{Client: id, User: user, Node: n.ID},
 		limiter:   newTokenBucket(n.cfg.RateLimit, n.cfg.RateBurst),
-		rooms:     make(map[string]struct{}),
 		readDone:  make(chan struct{}),
 		writeDone: make(chan struct{}),
 	}

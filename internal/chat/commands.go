@@ -214,6 +214,9 @@ func (c *Conn) join(ctx context.Context, cmd *command) error {
 		return err
 	}
 	if !member {
+		if c.rooms == nil { // made on the first join: many connections never join
+			c.rooms = make(map[string]struct{})
+		}
 		c.rooms[room] = struct{}{}
 		c.emitPresence(ctx, "joined", room)
 	}

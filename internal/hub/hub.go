@@ -6,6 +6,7 @@ package hub
 
 import (
 	"errors"
+	"slices"
 	"sync/atomic"
 
 	"chat/internal/broker"
@@ -29,7 +30,7 @@ type Hub struct {
 
 	// Owned by the loop.
 	clients map[*Client]struct{}
-	users   map[string]map[*Client]struct{}
+	users   map[string][]*Client // a user's connections: few, so a slice, not a map
 	rooms   map[string]*room
 	dirty   []*Client // clients with staged events
 
@@ -80,7 +81,7 @@ func New(deliveryBuffer int) *Hub {
 		quit:       make(chan struct{}),
 		done:       make(chan struct{}),
 		clients:    make(map[*Client]struct{}),
-		users:      make(map[string]map[*Client]struct{}),
+		users:      make(map[string][]*Client),
 		rooms:      make(map[string]*room),
 		idle:       make(map[string]position),
 	}
@@ -252,12 +253,7 @@ func (h *Hub) Running() bool {
 
 func (h *Hub) addClient(c *Client) {
 	h.clients[c] = struct{}{}
-	set := h.users[c.User]
-	if set == nil {
-		set = make(map[*Client]struct{})
-		h.users[c.User] = set
-	}
-	set[c] = struct{}{}
+	h.users[c.User] = append(h.users[c.User], c)
 	h.connections.Store(int64(len(h.clients)))
 }
 
@@ -266,11 +262,10 @@ func (h *Hub) removeClient(c *Client) {
 		return
 	}
 	delete(h.clients, c)
-	if set := h.users[c.User]; set != nil {
-		delete(set, c)
-		if len(set) == 0 {
-			delete(h.users, c.User)
-		}
+	if set := slices.DeleteFunc(h.users[c.User], func(o *Client) bool { return o == c }); len(set) > 0 {
+		h.users[c.User] = set
+	} else {
+		delete(h.users, c.User)
 	}
 	for name := range c.rooms {
 		if r := h.rooms[name]; r != nil {
@@ -395,7 +390,7 @@ func (h *Hub) deliver(d broker.Delivery) {
 				}
 			}
 		case broker.TopicUser:
-			for c := range h.users[d.Topic.Name] {
+			for _, c := range h.users[d.Topic.Name] {
 				if c.ID != d.Exclude {
 					h.send(c, d.Payload)
 				}
@@ -421,7 +416,7 @@ func (h *Hub) deliver(d broker.Delivery) {
 			}
 		}
 	case broker.KindKick:
-		for c := range h.users[d.Topic.Name] {
+		for _, c := range h.users[d.Topic.Name] {
 			c.Close(CloseRequest{Code: protocol.CloseKicked, Text: "kicked"})
 		}
 	}
