@@ -214,8 +214,8 @@ func (c *Conn) cleanup() {
 }
 
 // write is the connection's writer. It runs only while there is something
-// to write (hub.Client.SetWriter starts it), so an idle connection holds no
-// writer goroutine: it writes queued events, batched into frames of
+// to write (hub.Client.SetWriter starts it) and one coalescing window
+// longer, so an idle connection holds no writer goroutine: it writes queued events, batched into frames of
 // newline-separated JSON, and the close frame, then closes the socket.
 func (c *Conn) write() {
 	defer func() {
@@ -262,7 +262,10 @@ func (c *Conn) write() {
 			c.finish()
 			return
 		}
-		if c.client.Idle() {
+		// The writer ends only after a whole window in which nothing came:
+		// under steady traffic one writer goes on, where a writer per
+		// window would cost a goroutine start and a stack grown anew.
+		if len(batch) == 0 && c.client.Idle() {
 			return
 		}
 	}

@@ -165,6 +165,10 @@ func (c *Client) Idle() bool {
 func (c *Client) signal(startWriter bool) {
 	if startWriter {
 		go c.writer()
+		return
+	}
+	if c.writer != nil {
+		return // a writer runs, and Drains without being woken
 	}
 	select {
 	case c.wake <- struct{}{}:
