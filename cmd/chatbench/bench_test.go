@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -92,4 +93,31 @@ func TestHistogramQuantiles(t *testing.T) {
 	}
 	h.record(math.MaxInt64) // clamped, must not panic
 	h.record(-5)
+}
+
+func TestNumber(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0:", 0, true},
+		{"42:rest", 42, true},
+		{"9223372036854775807:", math.MaxInt64, true},
+		{"9223372036854775808:", 0, false},  // over int64
+		{"99999999999999999999:", 0, false}, // 20 digits
+		{":", 0, false},
+		{"12", 0, false}, // no end
+		{"1a:", 0, false},
+		{"-1:", 0, false},
+	}
+	for _, tc := range tests {
+		n, rest, ok := number([]byte(tc.in), ':')
+		if ok != tc.ok || n != tc.want {
+			t.Errorf("number(%q) = %d, %v; want %d, %v", tc.in, n, ok, tc.want, tc.ok)
+		}
+		if ok && string(rest) != tc.in[strings.IndexByte(tc.in, ':')+1:] {
+			t.Errorf("number(%q) left %q", tc.in, rest)
+		}
+	}
 }

@@ -142,20 +142,24 @@ var typePrefix = []byte(`{"type":"`)
 
 // eventType returns an event's type. The server encodes "type" first, so
 // this is a prefix match; anything else falls back to decoding the JSON.
-func eventType(line []byte) string {
+func eventType(line []byte) string { return string(eventTypeBytes(line)) }
+
+// eventTypeBytes is eventType without a string to allocate, for the
+// receivers' hot path (switch string(b) does not allocate).
+func eventTypeBytes(line []byte) []byte {
 	if bytes.HasPrefix(line, typePrefix) {
 		rest := line[len(typePrefix):]
 		if i := bytes.IndexByte(rest, '"'); i >= 0 {
-			return string(rest[:i])
+			return rest[:i]
 		}
 	}
 	var ev struct {
 		Type string `json:"type"`
 	}
 	if json.Unmarshal(line, &ev) != nil {
-		return ""
+		return nil
 	}
-	return ev.Type
+	return []byte(ev.Type)
 }
 
 var (
@@ -164,21 +168,17 @@ var (
 )
 
 // parseMessage extracts seq and text from a "message" event. The fast path
-// scans for `,"seq":` and `,"text":"` (a `,"` cannot occur inside a JSON
-// string, where the quote would be escaped) and accepts the text only when
-// it has no escapes, which chatbench's own texts never have. Anything else
-// is decoded as JSON.
+// scans for `,"seq":` and then, after it (the server's field order), for
+// `,"text":"` (a `,"` cannot occur inside a JSON string, where the quote
+// would be escaped). chatbench's own texts have no escapes, and a text whose
+// payload prefix does not parse counts as foreign anyway. Anything else is
+// decoded as JSON.
 func parseMessage(line []byte) (seq int64, text []byte, ok bool) {
 	if i := bytes.Index(line, seqKey); i >= 0 {
-		rest := line[i+len(seqKey):]
-		j := 0
-		for j < len(rest) && rest[j] >= '0' && rest[j] <= '9' {
-			j++
-		}
-		n, ok := atoi(rest[:j])
-		if k := bytes.Index(line, textKey); ok && k >= 0 {
-			t := line[k+len(textKey):]
-			if end := bytes.IndexByte(t, '"'); end >= 0 && bytes.IndexByte(t[:end], '\\') < 0 {
+		n, rest, ok := number(line[i+len(seqKey):], ',')
+		if k := bytes.Index(rest, textKey); ok && k >= 0 {
+			t := rest[k+len(textKey):]
+			if end := bytes.IndexByte(t, '"'); end >= 0 {
 				return n, t[:end], true
 			}
 		}
@@ -208,16 +208,11 @@ func parsePayload(text []byte) (payload, bool) {
 	text = text[1:]
 	var fields [3]int64
 	for i := range fields {
-		j := bytes.IndexByte(text, ':')
-		if j <= 0 {
-			return payload{}, false
-		}
-		n, ok := atoi(text[:j])
+		n, rest, ok := number(text, ':')
 		if !ok {
 			return payload{}, false
 		}
-		fields[i] = n
-		text = text[j+1:]
+		fields[i], text = n, rest
 	}
 	return payload{sender: int(fields[0]), counter: int(fields[1]), sentNs: fields[2]}, true
 }
@@ -254,19 +249,21 @@ func closeReason(err error) string {
 	return "error: " + s
 }
 
-// atoi parses a non-negative decimal number without allocating: the
-// receivers parse two or three per delivery, and the bench must cost far
-// less than the server it measures.
-func atoi(b []byte) (int64, bool) {
-	if len(b) == 0 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range b {
-		if c < '0' || c > '9' || n > (math.MaxInt64-int64(c-'0'))/10 {
-			return 0, false
+// number reads a non-negative decimal number of 1 to 19 digits (every
+// int64 fits) followed by end, in one pass and without allocating; it
+// returns the number and what follows end.
+func number(b []byte, end byte) (int64, []byte, bool) {
+	var n uint64 // 19 digits cannot overflow it
+	i := 0
+	for ; i < len(b) && i <= 19 && b[i] != end; i++ {
+		c := b[i]
+		if c < '0' || c > '9' {
+			return 0, nil, false
 		}
-		n = n*10 + int64(c-'0')
+		n = n*10 + uint64(c-'0')
 	}
-	return n, true
+	if i == 0 || i > 19 || i == len(b) || n > math.MaxInt64 {
+		return 0, nil, false
+	}
+	return int64(n), b[i+1:], true
 }

@@ -81,7 +81,7 @@ func (r *receiver) handleLine(now int64, line []byte) {
 		r.handlePayload(now, line)
 		return
 	}
-	switch eventType(line) {
+	switch string(eventTypeBytes(line)) {
 	case "message":
 		seq, text, ok := parseMessage(line)
 		if !ok {
