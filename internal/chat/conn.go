@@ -214,8 +214,8 @@ func (c *Conn) cleanup() {
 }
 
 // write is the connection's writer. It runs only while there is something
-// to write (hub.Client.SetWriter starts it) and one coalescing window
-// longer, so an idle connection holds no writer goroutine: it writes queued events, batched into frames of
+// to write (hub.Client.SetWriter starts it), and under steady traffic one
+// coalescing window longer, so an idle connection holds no writer goroutine: it writes queued events, batched into frames of
 // newline-separated JSON, and the close frame, then closes the socket.
 func (c *Conn) write() {
 	defer func() {
@@ -245,6 +245,7 @@ func (c *Conn) write() {
 			}
 		}
 		batch, closing := c.client.Drain()
+		steady := false
 		if len(batch) > 0 {
 			err := c.writeBatch(batch)
 			clear(batch) // an idle connection must not keep its last events alive
@@ -255,17 +256,21 @@ func (c *Conn) write() {
 				c.finish()
 				return
 			}
-			c.lastWrite = time.Now()
+			now := time.Now()
+			steady = now.Sub(c.lastWrite) < 2*coalesceWindow
+			c.lastWrite = now
 		}
 		if closing != nil {
 			c.writeClose(closing)
 			c.finish()
 			return
 		}
-		// The writer ends only after a whole window in which nothing came:
-		// under steady traffic one writer goes on, where a writer per
-		// window would cost a goroutine start and a stack grown anew.
-		if len(batch) == 0 && c.client.Idle() {
+		// After writes in consecutive windows the writer waits one more
+		// window before it ends: under steady traffic one writer goes on,
+		// where a writer per window would cost a goroutine start and a
+		// stack grown anew. After a lone write (a welcome, a quiet room's
+		// message) it ends at once and leaves no timer behind.
+		if !steady && c.client.Idle() {
 			return
 		}
 	}
