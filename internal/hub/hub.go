@@ -52,8 +52,42 @@ type Hub struct {
 // room is a room with local members.
 type room struct {
 	epoch   string
-	lastSeq int64                // the last seq delivered to the room's members
-	members map[*Client]position // member -> what its join reply covered; later messages are delivered
+	lastSeq int64 // the last seq delivered to the room's members
+	// members is walked for every message, so it is a slice (a map costs
+	// several times as much to walk); index finds a member's place in it.
+	members []member
+	index   map[*Client]int
+}
+
+// member is a client in a room and what its join reply covered: later
+// messages are delivered to it.
+type member struct {
+	client *Client
+	position
+}
+
+// set adds c at p, or moves it to p if it is a member.
+func (r *room) set(c *Client, p position) {
+	if i, ok := r.index[c]; ok {
+		r.members[i].position = p
+		return
+	}
+	r.index[c] = len(r.members)
+	r.members = append(r.members, member{c, p})
+}
+
+// remove takes c out, moving the last member into its place.
+func (r *room) remove(c *Client) {
+	i, ok := r.index[c]
+	if !ok {
+		return
+	}
+	last := len(r.members) - 1
+	r.members[i] = r.members[last]
+	r.index[r.members[i].client] = i
+	r.members[last] = member{}
+	r.members = r.members[:last]
+	delete(r.index, c)
 }
 
 // position is a point in a room's sequence. A member's epoch can differ from
@@ -276,7 +310,7 @@ func (h *Hub) removeClient(c *Client) {
 }
 
 func (h *Hub) removeMember(name string, r *room, c *Client) {
-	delete(r.members, c)
+	r.remove(c)
 	delete(c.rooms, name)
 	if len(r.members) == 0 {
 		delete(h.rooms, name)
@@ -307,7 +341,7 @@ func (h *Hub) idlePosition(name string) (position, bool) {
 func (h *Hub) join(req *JoinRequest) JoinResult {
 	r := h.rooms[req.Room]
 	if r == nil {
-		r = &room{epoch: req.Epoch, lastSeq: req.Seq, members: make(map[*Client]position)}
+		r = &room{epoch: req.Epoch, lastSeq: req.Seq, index: make(map[*Client]int)}
 		if p, ok := h.idlePosition(req.Room); ok && (p.epoch != req.Epoch || p.seq > req.Seq) {
 			r.epoch, r.lastSeq = p.epoch, p.seq
 		}
@@ -321,7 +355,7 @@ func (h *Hub) join(req *JoinRequest) JoinResult {
 		delete(h.idle, req.Room)
 		delete(h.idleOld, req.Room)
 	}
-	r.members[req.Client] = position{req.Epoch, req.Seq}
+	r.set(req.Client, position{req.Epoch, req.Seq})
 	if req.Client.rooms == nil {
 		req.Client.rooms = make(map[string]struct{})
 	}
@@ -332,7 +366,7 @@ func (h *Hub) join(req *JoinRequest) JoinResult {
 
 func (h *Hub) leave(req leaveRequest) {
 	if r := h.rooms[req.room]; r != nil {
-		if _, ok := r.members[req.client]; ok {
+		if _, ok := r.index[req.client]; ok {
 			h.removeMember(req.room, r, req.client)
 		}
 	}
@@ -383,9 +417,9 @@ func (h *Hub) deliver(d broker.Delivery) {
 		switch d.Topic.Kind {
 		case broker.TopicRoom:
 			if r := h.rooms[d.Topic.Name]; r != nil {
-				for c := range r.members {
-					if c.ID != d.Exclude {
-						h.send(c, d.Payload)
+				for _, m := range r.members {
+					if m.client.ID != d.Exclude {
+						h.send(m.client, d.Payload)
 					}
 				}
 			}
@@ -411,8 +445,8 @@ func (h *Hub) deliver(d broker.Delivery) {
 			if d.Message.Seq > r.lastSeq {
 				r.lastSeq = d.Message.Seq
 			}
-			for c := range r.members {
-				h.send(c, d.Payload)
+			for _, m := range r.members {
+				h.send(m.client, d.Payload)
 			}
 		}
 	case broker.KindKick:
@@ -439,20 +473,20 @@ func (h *Hub) deliverMessage(d broker.Delivery) {
 	}
 	r.lastSeq = m.Seq
 	var resync []byte
-	for c, p := range r.members {
-		if p.epoch != m.Epoch {
+	for i := range r.members {
+		member := &r.members[i]
+		if member.epoch != m.Epoch {
 			// The member's reply belongs to another sequence: it cannot
 			// continue from its seq and must join again. Until it does,
 			// it gets the new sequence from here on.
 			if resync == nil {
 				resync = protocol.MustEncode(protocol.Resync{Type: "resync", Room: m.Room, Epoch: m.Epoch, Seq: m.Seq})
 			}
-			h.send(c, resync)
-			p = position{epoch: m.Epoch}
-			r.members[c] = p
+			h.send(member.client, resync)
+			member.position = position{epoch: m.Epoch}
 		}
-		if m.Seq > p.seq {
-			h.send(c, d.Payload)
+		if m.Seq > member.seq {
+			h.send(member.client, d.Payload)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -204,6 +205,39 @@ func TestLeaveQueuesItsReplyAfterRemovingMembership(t *testing.T) {
 	got := leaver.rest(t)
 	if len(got) != 1 || got[0].ID != "leave" {
 		t.Fatalf("after leave the client got %v, want only the leave reply", got)
+	}
+}
+
+// Members leave from the middle and the end of a room, one rejoins, and
+// every remaining member still gets each message once.
+func TestMembersThatLeaveAndRejoinKeepDeliveryExact(t *testing.T) {
+	h := newHub(t)
+	var all []*probe
+	for i := range 5 {
+		c := register(t, h, "c"+strconv.Itoa(i), "user"+strconv.Itoa(i))
+		member(t, h, c, "lobby", "e", 0)
+		c.next(t, 1)
+		all = append(all, c)
+	}
+	for _, gone := range []*probe{all[1], all[4]} {
+		if err := h.Leave(gone.Client, "lobby", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	member(t, h, all[1], "lobby", "e", 0) // back, at the end of the member list
+	all[1].next(t, 1)
+	member(t, h, all[2], "lobby", "e", 0) // joins again while a member: no second membership
+	all[2].next(t, 1)
+	deliver(h, "lobby", "e", 1, 2)
+	newBarrier(t, h).wait(t)
+	for i, c := range all {
+		want := []string{"message#1", "message#2"}
+		if i == 4 {
+			want = nil
+		}
+		if got := types(c.rest(t)); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("client %s got %v, want %v", c.ID, got, want)
+		}
 	}
 }
 
