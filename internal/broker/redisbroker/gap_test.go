@@ -105,3 +105,38 @@ func TestGapBeyondHistoryBecomesResync(t *testing.T) {
 }
 
 func decode(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// Redis lost the room while the subscription was down, and the room's new
+// sequence published a message the node never heard: no live message may
+// follow, so the check after the resubscribe delivers the new sequence from
+// history (the Hub resyncs members at its first message).
+func TestResubscribeAfterTheRoomRestartedDeliversTheNewSequence(t *testing.T) {
+	var got collector
+	m := miniredis.RunT(t)
+	b, err := New(Options{Options: broker.Options{HistorySize: 10}, Addr: m.Addr(), Prefix: "gap", Node: "n1"}, got.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	if err := b.Subscribe(context.Background(), broker.Room("r")); err != nil {
+		t.Fatal(err)
+	}
+	first, err := b.Publish(context.Background(), broker.Publication{Room: "r", From: "a", Text: "heard", ID: "m1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.waitFor(t, 1)
+	m.FlushAll()
+	missedPublish(t, b, "r", "missed")
+	b.catchUp("r", 0, "") // what each subscribe confirmation runs
+	ds := got.waitFor(t, 2)
+	d := ds[1]
+	if d.Kind != broker.KindMessage || d.Message.Text != "missed" || d.Message.Seq != 1 || d.Message.Epoch == first.Epoch {
+		t.Fatalf("after the resubscribe: %+v, want the new sequence's seq 1", d)
+	}
+	b.catchUp("r", 0, "") // a second check delivers nothing again
+	time.Sleep(50 * time.Millisecond)
+	if n := len(got.waitFor(t, 2)); n != 2 {
+		t.Fatalf("%d deliveries after a second check, want 2", n)
+	}
+}

@@ -413,7 +413,21 @@ func (b *Broker) catchUp(room string, seq int64, epoch string) {
 		return
 	}
 	if known != "" && h.Epoch != known {
-		return // the room restarted; the next message carries the new epoch
+		if seq != 0 || h.Seq == 0 {
+			return // the room restarted; the live message at hand, or the next, carries the new epoch
+		}
+		// The room restarted while the subscription was down, and what its
+		// new sequence published was missed. No live message may follow,
+		// so deliver that sequence from history: the Hub resyncs members
+		// at its first message, whose epoch differs from theirs.
+		if h, err = b.History(ctx, room, broker.HistoryQuery{}); err != nil {
+			logx.Errorf("redis broker: fill %s after its restart: %v", room, err)
+			return
+		}
+		for _, m := range h.Messages {
+			b.deliverMessage(m, protocol.MustEncode(m))
+		}
+		return
 	}
 	known = h.Epoch
 	upTo := h.Seq
