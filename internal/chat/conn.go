@@ -69,7 +69,7 @@ func (c *Conn) readPump() { c.read(c.begin) }
 // await waits for the next frame. It answers the client's pongs itself, so
 // that an idle connection's heartbeat never wakes the deep read path.
 func (c *Conn) await() {
-	for c.skipPong() {
+	for c.skipPong(true) {
 	}
 	c.read(c.readFrames)
 }
@@ -127,17 +127,24 @@ func (c *Conn) readFrames() bool {
 		default:
 			c.handleFrame(data)
 		}
+		for c.skipPong(false) { // a pong that arrived meanwhile must not keep this goroutine
+		}
 		if c.br.Buffered() == 0 {
 			return true
 		}
 	}
 }
 
-// skipPong waits until a frame starts to arrive and, when it is a whole
-// pong, consumes it in place of gorilla, which it leaves at the same frame
-// boundary. Anything else (other frames, protocol errors, read errors) is
-// left for gorilla to read and report.
-func (c *Conn) skipPong() bool {
+// skipPong consumes a whole pong frame at the frame boundary in place of
+// gorilla, which it leaves at the same boundary, and reports whether it did.
+// With wait it first waits until a frame starts to arrive (await);
+// without, it looks only at what is already buffered. Anything else (other
+// frames, protocol errors, read errors) is left for gorilla to read and
+// report.
+func (c *Conn) skipPong(wait bool) bool {
+	if !wait && c.br.Buffered() < 2 {
+		return false
+	}
 	head, err := c.br.Peek(2)
 	// A client's pong: FIN and opcode 10, no reserved bits, masked, and a
 	// payload of at most 125 bytes (RFC 6455 §5.5), after a 4-byte mask key.
@@ -145,6 +152,9 @@ func (c *Conn) skipPong() bool {
 		return false
 	}
 	n := 2 + 4 + int(head[1]&0x7F)
+	if !wait && c.br.Buffered() < n {
+		return false
+	}
 	if _, err := c.br.Peek(n); err != nil {
 		return false
 	}
@@ -159,8 +169,9 @@ func (c *Conn) closeWith(code int, text string) {
 }
 
 // start registers the connection: the user's topic first, so that a direct
-// message sent once the user shows as online reaches it; the welcome before
-// the Hub can queue anything else.
+// message sent once the user shows as online reaches it; presence before
+// the welcome, so that a client that has its welcome is counted online; the
+// welcome before the Hub can queue anything else.
 func (c *Conn) start() bool {
 	n := c.node
 	ctx, cancel := brokerContext(context.Background())
@@ -171,6 +182,9 @@ func (c *Conn) start() bool {
 		return false
 	}
 	c.userSubscribed = true
+	if err := n.broker.Connect(ctx, c.presence); err != nil {
+		logx.Errorf("connection %s: presence: %v", c.client.ID, err)
+	}
 	c.client.EnqueueReply(protocol.MustEncode(protocol.Welcome{
 		Type: "welcome", Client: c.client.ID, User: c.client.User, Node: n.ID,
 		Limits: protocol.Limits{MaxText: n.cfg.MaxText, MaxRooms: n.cfg.MaxRooms, Rate: n.cfg.RateLimit},
@@ -178,9 +192,6 @@ func (c *Conn) start() bool {
 	if err := n.hub.Register(c.client); err != nil {
 		c.client.Close(hub.CloseRequest{Code: websocket.CloseGoingAway, Text: "server shutting down"})
 		return false
-	}
-	if err := n.broker.Connect(ctx, c.presence); err != nil {
-		logx.Errorf("connection %s: presence: %v", c.client.ID, err)
 	}
 	return true
 }

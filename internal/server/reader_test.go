@@ -87,8 +87,8 @@ func TestUnmaskedPongIsAProtocolError(t *testing.T) {
 	}
 }
 
-// An idle connection, even one that has run commands and answers pings,
-// waits for its next frame in await, a goroutine that has run nothing
+// An idle connection, even one that has run commands and answers pings
+// (pongs alone or behind a command), waits for its next frame in await, a goroutine that has run nothing
 // else, not in a read pump goroutine whose stack grew with its commands.
 func TestIdleConnectionsWaitInAwait(t *testing.T) {
 	s := chattest.Start(t, func(c *config.Config) {
@@ -100,6 +100,9 @@ func TestIdleConnectionsWaitInAwait(t *testing.T) {
 		c := s.DialName(t, "idle-"+chattest.Itoa(i))
 		c.Join("idle")
 		c.Say("idle", "hello")
+		// A pong that arrives with a command is consumed after it.
+		writeRaw(t, c, maskedFrame(websocket.TextMessage, `{"type":"rooms","id":"p"}`), maskedFrame(websocket.PongMessage, "x"))
+		waitReply(c, "p")
 	}
 	time.Sleep(200 * time.Millisecond) // several pings, answered by each client
 	var stacks strings.Builder
