@@ -121,3 +121,27 @@ func TestNumber(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkReceiverHandleLine is the receivers' hot path: one message event
+// as the server encodes it, parsed and recorded.
+func BenchmarkReceiverHandleLine(b *testing.B) {
+	const n = 4096 // lines, replayed; the receiver is reset between rounds
+	cfg := &config{senders: 1, messages: n}
+	r := newReceiver(0, "u", nil, cfg)
+	now := time.Now().UnixNano()
+	lines := make([][]byte, n)
+	for i := range lines {
+		text := appendPayload(nil, 0, i+1, now, 100)
+		lines[i] = fmt.Appendf(nil, `{"type":"message","room":"bench-0123456789","epoch":"9f86d081884c7d65","seq":%d,"id":"m-%d","from":"bench-s0","text":"%s","ts":1}`, i+1, i+1, text)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if i%n == 0 {
+			r.lastSeq, r.got[0] = 0, nil
+		}
+		r.handleLine(now, lines[i%n])
+	}
+	if r.delivered.Load() != int64(b.N) || r.outOfOrder != 0 || r.dups != 0 {
+		b.Fatalf("delivered %d of %d, out of order %d, duplicates %d", r.delivered.Load(), b.N, r.outOfOrder, r.dups)
+	}
+}
