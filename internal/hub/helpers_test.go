@@ -176,9 +176,10 @@ func member(t testing.TB, h *hub.Hub, c *probe, room, epoch string, seq int64) {
 	}
 }
 
-// barrier returns once the Hub handled every delivery handed to it before:
-// deliveries are handled in order, so a marker reaching a witness means
-// everything before it was handled.
+// barrier returns once the Hub handled every delivery handed to it before
+// and handed their events to the clients' queues: deliveries are handled
+// in order, so a marker reaching a witness means everything before it was
+// handled, and a call through the loop after it means the flush ended.
 type barrier struct {
 	h       *hub.Hub
 	witness *probe
@@ -197,7 +198,19 @@ func (b *barrier) wait(t testing.TB) {
 	t.Helper()
 	b.seq++
 	deliver(b.h, "barrier-room", "e", b.seq)
-	b.witness.next(t, 1)
+	// The witness may get other events first (a broadcast reaches it too).
+	for {
+		e := b.witness.next(t, 1)[0]
+		if e.Type == "message" && e.Room == "barrier-room" && e.Seq == b.seq {
+			break
+		}
+	}
+	// The witness's message may be handed over early in a flush that is
+	// still handing events to other clients; a call through the loop
+	// returns only after that flush ended.
+	if err := b.h.Leave(b.witness.Client, "barrier-none", nil); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // types lists the events as short strings: "reply", "message#3", "resync".
