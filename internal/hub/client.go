@@ -15,7 +15,7 @@ type Client struct {
 	User string
 
 	maxQueue int
-	wake     chan struct{} // capacity 1: "there is something to write or a close"
+	wake     chan struct{} // capacity 1: "there is something to write or a close"; made by Wake, guarded by mu
 	urgent   chan struct{} // capacity 1: "a reply or a frame's worth is queued: write without waiting to coalesce"
 
 	mu      sync.Mutex // guards the fields below; held only for O(1) work, never across I/O
@@ -45,7 +45,7 @@ type CloseRequest struct {
 // NewClient makes a client whose queue holds at most maxQueueBytes behind
 // its oldest event (so one event is always admitted to an empty queue).
 func NewClient(id, user string, maxQueueBytes int) *Client {
-	return &Client{ID: id, User: user, maxQueue: maxQueueBytes, wake: make(chan struct{}, 1), urgent: make(chan struct{}, 1)}
+	return &Client{ID: id, User: user, maxQueue: maxQueueBytes, urgent: make(chan struct{}, 1)}
 }
 
 // Enqueue adds an encoded event to the queue without blocking. A client
@@ -79,7 +79,7 @@ func (c *Client) enqueue(events [][]byte, urgent bool) int {
 		queued++
 	}
 	full := c.queued >= FlushBytes
-	start := c.claimWriterLocked()
+	start, wake := c.claimWriterLocked(), c.wake
 	c.mu.Unlock()
 	if slow {
 		queued = 0
@@ -87,7 +87,7 @@ func (c *Client) enqueue(events [][]byte, urgent bool) int {
 			c.slow.Add(1)
 		}
 	}
-	c.signal(start)
+	c.signal(start, wake)
 	if !slow && (full || urgent) {
 		c.hurry()
 	}
@@ -126,9 +126,9 @@ func (c *Client) Close(req CloseRequest) {
 	if !req.Flush {
 		c.queue, c.queued = nil, 0
 	}
-	start := c.claimWriterLocked()
+	start, wake := c.claimWriterLocked(), c.wake
 	c.mu.Unlock()
-	c.signal(start)
+	c.signal(start, wake)
 }
 
 // SetWriter makes the client start write in a goroutine of its own whenever
@@ -162,22 +162,34 @@ func (c *Client) Idle() bool {
 	return true
 }
 
-func (c *Client) signal(startWriter bool) {
+func (c *Client) signal(startWriter bool, wake chan struct{}) {
 	if startWriter {
 		go c.writer()
 		return
 	}
-	if c.writer != nil {
-		return // a writer runs, and Drains without being woken
+	if wake == nil {
+		return // a writer runs and Drains without being woken, or nobody waits on Wake
 	}
 	select {
-	case c.wake <- struct{}{}:
+	case wake <- struct{}{}:
 	default:
 	}
 }
 
-// Wake is signalled when Drain has something to return.
-func (c *Client) Wake() <-chan struct{} { return c.wake }
+// Wake is signalled when Drain has something to return, for an owner that
+// drains without SetWriter. The channel is made on the first call: a
+// connection with a writer never pays for it.
+func (c *Client) Wake() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.wake == nil {
+		c.wake = make(chan struct{}, 1)
+		if len(c.queue) > 0 || c.closing != nil {
+			c.wake <- struct{}{}
+		}
+	}
+	return c.wake
+}
 
 // Drain hands the write pump everything queued, and the close request once
 // the queue is empty. The returned slice is the writer's until its next
