@@ -30,8 +30,9 @@ const (
 )
 
 // Conn is one WebSocket connection. Its read pump (one goroutine at a time,
-// see await) is the only reader of ws and runs its commands in order; its write pump is the only writer of data
-// frames (control frames may be written by either, as gorilla allows).
+// see await) is the only reader of ws and runs its commands in order; its
+// write pump is the only writer of data frames (control frames may be
+// written by either, as gorilla allows).
 type Conn struct {
 	node     *Node
 	ws       *websocket.Conn
@@ -54,14 +55,14 @@ type Conn struct {
 	pinger    *time.Timer
 }
 
-// The read pump. A goroutine's stack grows while it runs a
-// command and, in practice, never shrinks back: the runtime halves a stack
-// only when a quarter of it would do. A reader that waits in the goroutine
-// that ran its last command would hold 4–8 KiB for as long as it is idle.
-// So the connection waits for its next frame in a fresh goroutine (await)
-// that has run nothing else and needs the smallest stack, reads with it
-// what has arrived, then hands the waiting on to another fresh goroutine.
-// One reader runs at a time; the go statement orders each hand-over.
+// The read pump. A goroutine's stack grows while it runs a command and, in
+// practice, never shrinks back: the runtime halves a stack only when a
+// quarter of it would do. A reader that waits in the goroutine that ran its
+// last command would hold 4–8 KiB for as long as it is idle. So the
+// connection waits for its next frame in a fresh goroutine (await) that has
+// run nothing else and needs the smallest stack, reads with it what has
+// arrived, then hands the waiting on to another fresh goroutine. One reader
+// runs at a time; the go statement orders each hand-over.
 
 // readPump starts the connection, then leaves the waiting to await.
 func (c *Conn) readPump() { c.read(c.begin) }
@@ -226,7 +227,8 @@ func (c *Conn) cleanup() {
 
 // write is the connection's writer. It runs only while there is something
 // to write (hub.Client.SetWriter starts it), and under steady traffic one
-// coalescing window longer, so an idle connection holds no writer goroutine: it writes queued events, batched into frames of
+// coalescing window longer, so an idle connection holds no writer
+// goroutine: it writes queued events, batched into frames of
 // newline-separated JSON, and the close frame, then closes the socket.
 func (c *Conn) write() {
 	defer func() {
