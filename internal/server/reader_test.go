@@ -122,3 +122,47 @@ func TestIdleConnectionsWaitInAwait(t *testing.T) {
 		t.Fatalf("%d goroutines wait in await and %d in readFrames; want at least %d and 0", waiting, reading, n)
 	}
 }
+
+// connGoroutines counts the goroutines running a connection's code.
+func connGoroutines(t *testing.T) int {
+	t.Helper()
+	var stacks strings.Builder
+	if err := pprof.Lookup("goroutine").WriteTo(&stacks, 2); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, g := range strings.Split(stacks.String(), "\n\n") {
+		if strings.Contains(g, "chat/internal/chat.(*Conn).") {
+			n++
+		}
+	}
+	return n
+}
+
+// Readers, writers and pingers end with their connections: those the
+// clients close, and those the server closes when it stops.
+func TestConnectionGoroutinesEndWithTheirConnections(t *testing.T) {
+	s := chattest.Start(t, fast, func(c *config.Config) {
+		c.Chat.PingInterval = 20 * time.Millisecond
+	})
+	var clients []*chattest.Client
+	for i := range 10 {
+		c := s.DialName(t, "leak-"+chattest.Itoa(i))
+		c.Join("leak")
+		clients = append(clients, c)
+	}
+	for i := range 50 { // writers busy in consecutive windows when the closes come
+		clients[i%10].Say("leak", "hello")
+	}
+	for _, c := range clients[:5] {
+		_ = c.WS.Close()
+	}
+	s.Stop()
+	deadline := time.Now().Add(chattest.Timeout)
+	for n := connGoroutines(t); n != 0; n = connGoroutines(t) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines of closed connections still run", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
