@@ -91,6 +91,7 @@ func TestUnmaskedPongIsAProtocolError(t *testing.T) {
 // (pongs alone or behind a command), waits for its next frame in await, a goroutine that has run nothing
 // else, not in a read pump goroutine whose stack grew with its commands.
 func TestIdleConnectionsWaitInAwait(t *testing.T) {
+	waitConnGoroutinesGone(t) // the connections of earlier tests, which the count below would see
 	s := chattest.Start(t, func(c *config.Config) {
 		c.Chat.PingInterval = 20 * time.Millisecond
 		c.Chat.PongTimeout = 2 * time.Second
@@ -158,6 +159,12 @@ func TestConnectionGoroutinesEndWithTheirConnections(t *testing.T) {
 		_ = c.WS.Close()
 	}
 	s.Stop()
+	waitConnGoroutinesGone(t)
+}
+
+// waitConnGoroutinesGone waits until no goroutine runs a connection's code.
+func waitConnGoroutinesGone(t *testing.T) {
+	t.Helper()
 	deadline := time.Now().Add(chattest.Timeout)
 	for n := connGoroutines(t); n != 0; n = connGoroutines(t) {
 		if time.Now().After(deadline) {
