@@ -11,6 +11,7 @@ import (
 	"chat/internal/protocol"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 )
 
 // missedPublish runs the publish script with the PUBLISH going to a channel
@@ -138,5 +139,35 @@ func TestResubscribeAfterTheRoomRestartedDeliversTheNewSequence(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if n := len(got.waitFor(t, 2)); n != 2 {
 		t.Fatalf("%d deliveries after a second check, want 2", n)
+	}
+}
+
+// A message published while a gap fill read history can reach the node
+// twice: from history, then live. It is handed over once.
+func TestMessageFilledFromHistoryIsNotDeliveredAgainLive(t *testing.T) {
+	var got collector
+	b := newTestBroker(t, 10, got.handle)
+	ctx := context.Background()
+	missedPublish(t, b, "r", "one")
+	b.catchUp("r", 0, "") // a resubscribe's check fills seq 1 from history
+	got.waitFor(t, 1)
+	h, err := b.History(ctx, "r", broker.HistoryQuery{})
+	if err != nil || len(h.Messages) != 1 {
+		t.Fatalf("history %+v, %v", h, err)
+	}
+	b.dispatch(&redis.Message{Channel: b.channel(broker.Room("r")), Payload: "M" + string(protocol.MustEncode(h.Messages[0]))})
+	if _, err := b.Publish(ctx, broker.Publication{Room: "r", From: "a", Text: "two", ID: "m2"}); err != nil {
+		t.Fatal(err)
+	}
+	ds := got.waitFor(t, 2)
+	time.Sleep(50 * time.Millisecond)
+	got.mu.Lock()
+	defer got.mu.Unlock()
+	var seqs []int64
+	for _, d := range got.ds {
+		seqs = append(seqs, d.Message.Seq)
+	}
+	if len(seqs) != 2 || ds[0].Message.Seq != 1 || ds[1].Message.Seq != 2 {
+		t.Fatalf("delivered seqs %v, want [1 2]", seqs)
 	}
 }

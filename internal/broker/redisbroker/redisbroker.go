@@ -369,14 +369,19 @@ func (b *Broker) dispatch(m *redis.Message) {
 	}
 }
 
-// deliverMessage hands a room message to the node and records its seq.
+// deliverMessage hands a room message to the node and records its seq. A
+// message a gap fill already delivered (it was published while the fill
+// read history, and then arrived live) is not handed over again.
 func (b *Broker) deliverMessage(msg protocol.Message, payload []byte) {
 	b.mu.Lock()
 	if st := b.rooms[msg.Room]; st != nil {
-		if st.epoch != msg.Epoch {
-			st.epoch, st.lastSeq = msg.Epoch, 0
-		}
-		if msg.Seq > st.lastSeq {
+		switch {
+		case st.epoch != msg.Epoch:
+			st.epoch, st.lastSeq = msg.Epoch, msg.Seq
+		case msg.Seq <= st.lastSeq:
+			b.mu.Unlock()
+			return
+		default:
 			st.lastSeq = msg.Seq
 		}
 	}
