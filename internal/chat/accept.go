@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"chat/internal/broker"
@@ -90,7 +91,8 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 		n.admitted.Add(-1)
 		return // the upgrader answered
 	}
-	id := n.newID()
+	seq := n.nextID.Add(1)
+	id := n.idFor(seq)
 	c := &Conn{
 		node:      n,
 		ws:        ws,
@@ -100,14 +102,32 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 		limiter:   newTokenBucket(n.cfg.RateLimit, n.cfg.RateBurst),
 		readDone:  make(chan struct{}),
 		writeDone: make(chan struct{}),
+		flusher:   n.flushers[seq%uint64(len(n.flushers))],
+		raw:       rawConn(ws.NetConn()),
+		timedAt:   -1,
+		lastWrite: clock() - int64(coalesceWindow), // the first write goes out at once
 	}
 	n.mu.Lock()
 	n.conns[c] = struct{}{}
 	n.mu.Unlock()
 	n.wg.Add(1)
 	c.pinger = time.AfterFunc(n.cfg.PingInterval, c.ping)
-	c.client.SetWriter(c.write) // a writer goroutine runs only while there is something to write
+	c.client.SetWriter(c) // the flushers write it whenever something is queued
 	go c.readPump()
+}
+
+// rawConn is the socket under conn, for writes that must not block; nil
+// when conn is not a plain socket (TLS).
+func rawConn(conn net.Conn) syscall.RawConn {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
 }
 
 // readerHijacker gives gorilla a read buffer that the connection keeps a

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -17,22 +19,18 @@ import (
 )
 
 const (
-	// writeWait bounds one socket write; a reader that takes longer is gone.
+	// writeWait bounds one blocking socket write; a reader that takes
+	// longer is gone.
 	writeWait = 10 * time.Second
 	// closeGrace is how long a close frame waits for the peer's answer
 	// before the socket is closed anyway.
 	closeGrace = 2 * time.Second
-	// maxFrameOut caps a batched outgoing frame; more events start another.
-	maxFrameOut = 64 << 10
-	// coalesceWindow is the least time between two writes to a connection
-	// under load: the latency it may add, for far fewer system calls.
-	coalesceWindow = 30 * time.Millisecond
 )
 
 // Conn is one WebSocket connection. Its read pump (one goroutine at a time,
-// see await) is the only reader of ws and runs its commands in order; its
-// write pump is the only writer of data frames (control frames may be
-// written by either, as gorilla allows).
+// see await) is the only reader of ws and runs its commands in order. Its
+// writer (writer.go: a flusher, or for a while a goroutine of its own) is
+// the only writer of the socket, control frames included.
 type Conn struct {
 	node     *Node
 	ws       *websocket.Conn
@@ -49,10 +47,14 @@ type Conn struct {
 	writeDone chan struct{} // closed when the writer has closed the socket
 	finished  sync.Once     // closes the socket and writeDone
 
-	// The writer's: at most one writer runs at a time.
-	lastWrite time.Time
-	coalesce  *time.Timer
-	pinger    *time.Timer
+	pinger *time.Timer
+
+	// The writer's (see writer.go).
+	flusher   *flusher
+	raw       syscall.RawConn // the socket, for writes that must not block; nil: none (TLS)
+	hurried   atomic.Bool     // a reply or a frame's worth waits: write without coalescing
+	timedAt   int             // the flusher's: index in its timed list, -1 when not in it
+	lastWrite int64           // clock() of the last write
 }
 
 // The read pump. A goroutine's stack grows while it runs a command and, in
@@ -102,6 +104,17 @@ func (c *Conn) begin() bool {
 	c.ws.SetReadLimit(int64(c.node.cfg.MaxFrameBytes)) // over it gorilla answers 1009 and the read fails
 	c.alive()
 	c.ws.SetPongHandler(func(string) error { c.alive(); return nil })
+	// Gorilla's own handlers would answer pings and closes by writing to
+	// the socket from the read pump, beside the writer: queue them instead.
+	c.ws.SetPingHandler(func(data string) error {
+		c.client.Control(appendFrame(nil, opPong, []byte(data)))
+		return nil
+	})
+	c.ws.SetCloseHandler(func(code int, _ string) error {
+		c.closing = true
+		c.client.Close(hub.CloseRequest{Code: code}) // echo the peer's code
+		return nil
+	})
 	return true
 }
 
@@ -225,77 +238,11 @@ func (c *Conn) cleanup() {
 	n.wg.Done()
 }
 
-// write is the connection's writer. It runs only while there is something
-// to write (hub.Client.SetWriter starts it), and under steady traffic one
-// coalescing window longer, so an idle connection holds no writer
-// goroutine: it writes queued events, batched into frames of
-// newline-separated JSON, and the close frame, then closes the socket.
-func (c *Conn) write() {
-	defer func() {
-		if p := recover(); p != nil {
-			logx.Errorf("connection %s: writer panic: %v", c.client.ID, p)
-			c.finish()
-		}
-	}()
-	for {
-		// A connection written to moments ago waits out the rest of the
-		// window, so that what arrives meanwhile goes out in the same
-		// frame: under load that turns one system call per event into one
-		// per window. After a quiet spell, when a reply the client waits
-		// for is queued, or once a frame's worth is queued, it writes at once.
-		if wait := coalesceWindow - time.Since(c.lastWrite); wait > 0 {
-			if c.coalesce == nil { // made on first use: most idle connections never need it
-				c.coalesce = time.NewTimer(wait)
-			} else {
-				c.coalesce.Reset(wait)
-			}
-			select {
-			case <-c.coalesce.C:
-			case <-c.client.Urgent():
-				c.coalesce.Stop()
-			case <-c.readDone:
-				c.coalesce.Stop()
-			}
-		}
-		batch, closing := c.client.Drain()
-		steady := false
-		if len(batch) > 0 {
-			err := c.writeBatch(batch)
-			clear(batch) // an idle connection must not keep its last events alive
-			if err != nil {
-				// The peer is gone or stuck: end the connection. A close
-				// request makes sure no writer starts again.
-				c.client.Close(hub.CloseRequest{})
-				c.finish()
-				return
-			}
-			now := time.Now()
-			steady = now.Sub(c.lastWrite) < 2*coalesceWindow
-			c.lastWrite = now
-		}
-		if closing != nil {
-			c.writeClose(closing)
-			c.finish()
-			return
-		}
-		// After writes in consecutive windows the writer waits one more
-		// window before it ends: under steady traffic one writer goes on,
-		// where a writer per window would cost a goroutine start and a
-		// stack grown anew. After a lone write (a welcome, a quiet room's
-		// message) it ends at once and leaves no timer behind.
-		if !steady && c.client.Idle() {
-			return
-		}
-	}
-}
-
 // ping keeps the connection alive and lets the read deadline notice a
 // peer that stopped answering. It runs on a timer, not in a goroutine of
-// its own; gorilla allows WriteControl beside the writer.
+// its own, and queues the ping for the writer like any frame.
 func (c *Conn) ping() {
-	if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
-		return // the read deadline ends the connection
-	}
+	c.client.Control(pingFrame)
 	c.pinger.Reset(c.node.cfg.PingInterval)
 }
 
@@ -306,57 +253,6 @@ func (c *Conn) finish() {
 		_ = c.ws.Close()
 		close(c.writeDone)
 	})
-}
-
-// framePool holds the buffers that batches are assembled in: a frame is
-// written with one WriteMessage, which gorilla sends in one system call,
-// where writing event by event through NextWriter flushed every 4 KiB.
-var framePool = sync.Pool{New: func() any { b := make([]byte, 0, maxFrameOut); return &b }}
-
-// writeBatch writes queued events as frames of newline-separated JSON, each
-// at most maxFrameOut bytes unless a single event is larger.
-func (c *Conn) writeBatch(batch [][]byte) error {
-	_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
-	if len(batch) == 1 {
-		return c.ws.WriteMessage(websocket.TextMessage, batch[0])
-	}
-	bp := framePool.Get().(*[]byte)
-	frame := (*bp)[:0]
-	defer func() {
-		if cap(frame) <= 4*maxFrameOut { // do not keep an outsized buffer
-			*bp = frame[:0]
-			framePool.Put(bp)
-		}
-	}()
-	for _, event := range batch {
-		if len(frame) > 0 && len(frame)+1+len(event) > maxFrameOut {
-			if err := c.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
-				return err
-			}
-			frame = frame[:0]
-		}
-		if len(frame) > 0 {
-			frame = append(frame, '\n')
-		}
-		frame = append(frame, event...)
-	}
-	return c.ws.WriteMessage(websocket.TextMessage, frame)
-}
-
-// writeClose sends the close frame and waits briefly for the peer's answer,
-// so that the peer reads the code before the socket goes.
-func (c *Conn) writeClose(req *hub.CloseRequest) {
-	if req.Code == 0 {
-		return
-	}
-	msg := websocket.FormatCloseMessage(req.Code, req.Text)
-	if err := c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(writeWait)); err != nil {
-		return
-	}
-	select {
-	case <-c.readDone:
-	case <-time.After(closeGrace):
-	}
 }
 
 // handleFrame runs each newline-separated command of a frame in order.

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"chat/internal/hub"
+
 	"github.com/gorilla/websocket"
 )
 
@@ -38,8 +40,12 @@ func BenchmarkWriteBatch(b *testing.B) {
 			_, _ = io.Copy(io.Discard, r)
 		}
 	}()
-	c := &Conn{ws: <-serverConn}
+	ws := <-serverConn
+	c := &Conn{ws: ws, raw: rawConn(ws.NetConn())}
 	defer c.ws.Close()
+	if c.raw == nil {
+		b.Fatal("no raw socket under the server's connection")
+	}
 	event := []byte(`{"type":"message","room":"bench","epoch":"0123456789abcdef","seq":123456,"id":"0123456789ab-1e240","from":"sender","text":"` +
 		strings.Repeat("x", 40) + `","ts":1795450568881}`)
 	batch := make([][]byte, 20)
@@ -48,8 +54,14 @@ func BenchmarkWriteBatch(b *testing.B) {
 	}
 	b.SetBytes(int64(len(batch) * (len(event) + 1)))
 	b.ReportAllocs()
-	for b.Loop() {
-		if err := c.writeBatch(batch); err != nil {
+	var buf []byte
+	for b.Loop() { // as a flusher writes: frames assembled, one non-blocking write, the rest blocking
+		buf = appendFrames(buf[:0], hub.Batch{Events: batch})
+		n, err := c.writeNow(buf)
+		if err == nil && n < len(buf) {
+			_, err = ws.NetConn().Write(buf[n:])
+		}
+		if err != nil {
 			b.Fatal(err)
 		}
 	}

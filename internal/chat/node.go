@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +46,8 @@ type Node struct {
 	mu    sync.Mutex
 	conns map[*Conn]struct{} // live connections, for the shutdown deadline
 	wg    sync.WaitGroup     // one per live connection
+
+	flushers []*flusher // write the connections (writer.go); one per CPU
 }
 
 // NewBroker makes the node's broker, given the node's id and the handler it
@@ -68,6 +71,9 @@ func NewNode(cfg config.ChatConf, newBroker NewBroker) (*Node, error) {
 		started: time.Now(),
 		conns:   make(map[*Conn]struct{}),
 	}
+	for range runtime.GOMAXPROCS(0) {
+		n.flushers = append(n.flushers, newFlusher())
+	}
 	go h.Run()
 	return n, nil
 }
@@ -80,9 +86,9 @@ func NewNodeID() string {
 }
 
 // newID makes an id unique across the cluster: the node's id and a counter.
-func (n *Node) newID() string {
-	return fmt.Sprintf("%s-%x", n.ID, n.nextID.Add(1))
-}
+func (n *Node) newID() string { return n.idFor(n.nextID.Add(1)) }
+
+func (n *Node) idFor(seq uint64) string { return fmt.Sprintf("%s-%x", n.ID, seq) }
 
 func brokerContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, brokerTimeout)
@@ -307,6 +313,9 @@ func (n *Node) drain() {
 		}
 		n.mu.Unlock()
 		<-done
+	}
+	for _, f := range n.flushers {
+		f.stop() // no connection is left to write
 	}
 	n.hub.Stop()
 	if err := n.broker.Close(); err != nil {

@@ -16,15 +16,15 @@ type Client struct {
 
 	maxQueue int
 	wake     chan struct{} // capacity 1: "there is something to write or a close"; made by Wake, guarded by mu
-	urgent   chan struct{} // capacity 1: "a reply or a frame's worth is queued: write without waiting to coalesce"
 
-	mu      sync.Mutex // guards the fields below; held only for O(1) work, never across I/O
-	queue   [][]byte
-	spare   [][]byte // the slice the write pump returned, reused to avoid allocating per batch
-	queued  int      // bytes in queue
-	closing *CloseRequest
-	writer  func() // started when there is work and none runs (SetWriter); nil: the owner waits on Wake
-	running bool   // a writer runs
+	mu       sync.Mutex // guards the fields below; held only for O(1) work, never across I/O
+	queue    [][]byte
+	spare    [][]byte // the slice the write pump returned, reused to avoid allocating per batch
+	queued   int      // bytes in queue
+	controls [][]byte // frames written as they are, ahead of the events (heartbeats)
+	closing  *CloseRequest
+	writer   Writer // asked to write when there is work and it holds no claim (SetWriter); nil: the owner waits on Wake
+	running  bool   // the writer holds the claim: it writes until Idle ends it
 
 	slow *atomic.Int64 // the Hub's slow-consumer counter
 
@@ -45,7 +45,7 @@ type CloseRequest struct {
 // NewClient makes a client whose queue holds at most maxQueueBytes behind
 // its oldest event (so one event is always admitted to an empty queue).
 func NewClient(id, user string, maxQueueBytes int) *Client {
-	return &Client{ID: id, User: user, maxQueue: maxQueueBytes, urgent: make(chan struct{}, 1)}
+	return &Client{ID: id, User: user, maxQueue: maxQueueBytes}
 }
 
 // Enqueue adds an encoded event to the queue without blocking. A client
@@ -88,8 +88,8 @@ func (c *Client) enqueue(events [][]byte, urgent bool) int {
 		}
 	}
 	c.signal(start, wake)
-	if !slow && (full || urgent) {
-		c.hurry()
+	if !slow && (full || urgent) && c.writer != nil {
+		c.writer.Hurry()
 	}
 	return queued
 }
@@ -105,15 +105,24 @@ func (c *Client) EnqueueReply(event []byte) bool {
 	return c.enqueue([][]byte{event}, true) == 1
 }
 
-func (c *Client) hurry() {
-	select {
-	case c.urgent <- struct{}{}:
-	default:
-	}
-}
+// maxControls bounds the control frames waiting: a peer that pings and
+// never reads gets answers to its latest pings only (RFC 6455 §5.5.3 allows it).
+const maxControls = 4
 
-// Urgent is signalled when a reply, or FlushBytes of events, was queued.
-func (c *Client) Urgent() <-chan struct{} { return c.urgent }
+// Control queues a frame to be written as it is, ahead of the queued
+// events: a ping, or the answer to the peer's ping. It is not counted
+// against the byte limit, and is dropped once a close was requested.
+func (c *Client) Control(frame []byte) {
+	c.mu.Lock()
+	if c.closing != nil || len(c.controls) >= maxControls {
+		c.mu.Unlock()
+		return
+	}
+	c.controls = append(c.controls, frame)
+	start, wake := c.claimWriterLocked(), c.wake
+	c.mu.Unlock()
+	c.signal(start, wake)
+}
 
 // Close asks the write pump to close the connection. The first request wins.
 func (c *Client) Close(req CloseRequest) {
@@ -131,13 +140,26 @@ func (c *Client) Close(req CloseRequest) {
 	c.signal(start, wake)
 }
 
-// SetWriter makes the client start write in a goroutine of its own whenever
-// there is something to write (or a close) and no writer runs; write must
-// call Idle when it finds nothing more to do. An idle connection then holds
-// no writer goroutine at all. Call it before anything is enqueued.
-func (c *Client) SetWriter(write func()) {
+// Writer writes a client's queue to its connection. The client calls it
+// without holding its lock, from whichever goroutine queued the work (the
+// Hub's loop among them), so neither method may block.
+type Writer interface {
+	// Schedule: there is something to write, or a close, and the writer
+	// held no claim. The claim is now the writer's: the client will not
+	// call Schedule again until Idle has ended it, so one writer at a time
+	// drains the queue.
+	Schedule()
+	// Hurry: a reply the peer waits for, or a frame's worth of events, was
+	// queued; write without waiting to coalesce more. It is called whether
+	// or not the writer holds the claim.
+	Hurry()
+}
+
+// SetWriter hands the client's writing to w, which drains (Take) and calls
+// Idle when it finds nothing more to do. Call it before anything is queued.
+func (c *Client) SetWriter(w Writer) {
 	c.mu.Lock()
-	c.writer = write
+	c.writer = w
 	c.mu.Unlock()
 }
 
@@ -155,16 +177,16 @@ func (c *Client) claimWriterLocked() bool {
 func (c *Client) Idle() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.queue) > 0 || c.closing != nil {
+	if len(c.queue) > 0 || len(c.controls) > 0 || c.closing != nil {
 		return false
 	}
 	c.running = false
 	return true
 }
 
-func (c *Client) signal(startWriter bool, wake chan struct{}) {
-	if startWriter {
-		go c.writer()
+func (c *Client) signal(schedule bool, wake chan struct{}) {
+	if schedule {
+		c.writer.Schedule()
 		return
 	}
 	if wake == nil {
@@ -184,25 +206,38 @@ func (c *Client) Wake() <-chan struct{} {
 	defer c.mu.Unlock()
 	if c.wake == nil {
 		c.wake = make(chan struct{}, 1)
-		if len(c.queue) > 0 || c.closing != nil {
+		if len(c.queue) > 0 || len(c.controls) > 0 || c.closing != nil {
 			c.wake <- struct{}{}
 		}
 	}
 	return c.wake
 }
 
-// Drain hands the write pump everything queued, and the close request once
-// the queue is empty. The returned slice is the writer's until its next
-// call to Drain.
-func (c *Client) Drain() ([][]byte, *CloseRequest) {
+// Batch is what a writer takes from a client's queue in one step.
+type Batch struct {
+	Controls [][]byte      // frames to write as they are, first
+	Events   [][]byte      // encoded events, oldest first
+	Close    *CloseRequest // once the events are written: how to close
+}
+
+// Take hands the writer everything queued, and the close request (to act
+// on after writing the events). Events is the writer's until its next
+// call to Take.
+func (c *Client) Take() Batch {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	batch := c.queue
+	b := Batch{Controls: c.controls, Events: c.queue, Close: c.closing}
 	for i := range c.spare {
 		c.spare[i] = nil // let the previous batch's events be collected
 	}
-	c.queue, c.spare, c.queued = c.spare[:0], batch, 0
-	return batch, c.closing
+	c.queue, c.spare, c.queued, c.controls = c.spare[:0], b.Events, 0, nil
+	return b
+}
+
+// Drain is Take for an owner that writes no control frames.
+func (c *Client) Drain() ([][]byte, *CloseRequest) {
+	b := c.Take()
+	return b.Events, b.Close
 }
 
 // Closing reports whether a close was requested.

@@ -1,0 +1,417 @@
+package chat
+
+import (
+	"bytes"
+	"math"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"chat/internal/hub"
+
+	"github.com/gorilla/websocket"
+	"github.com/zeromicro/go-zero/core/logx"
+)
+
+// The write path. Under fan-out load a node writes to every member of a
+// room once per coalescing window, and what that costs is mostly the
+// writing machinery, not the system call: a goroutine woken per connection
+// per window, its timer and select, its stack grown anew, a write deadline
+// moved per write, and gorilla's copy of the frame into its own buffer. So
+// a node has a few flushers (one per CPU) instead of a writer goroutine per
+// connection. A flusher takes the connections that have something queued,
+// waits out each one's coalescing window, assembles its events into
+// WebSocket frames in one buffer and writes them with one non-blocking
+// system call straight to the socket. Only a connection whose socket
+// buffer is full (a slow reader), or that is closing (the close frame waits
+// for the peer's answer), is handed to a goroutine of its own, which writes
+// with a deadline until the queue is empty and then gives the connection
+// back. A flusher never blocks on a connection.
+//
+// Ownership: hub.Client's writer claim says who writes a connection. From
+// Schedule until Idle ends the claim the connection is in exactly one of: a
+// flusher's incoming list, its timed list, the flusher's hands while it
+// writes, or a goroutine of its own (writeOn). So one goroutine at a time
+// writes the socket, and every frame goes through this path: data, pings,
+// the answers to the peer's pings, and the close frame. (Gorilla itself
+// writes a close frame when it finds a protocol error while reading; that
+// connection is ending.)
+
+const (
+	// coalesceWindow is the least time between two writes to a connection
+	// under load: the latency it may add, for far fewer system calls.
+	coalesceWindow = 30 * time.Millisecond
+	// coalesceSlack lets a flusher write connections whose window ends
+	// this soon along with those whose window has ended, so that under
+	// steady load they stay in step: one pass per window.
+	coalesceSlack = coalesceWindow / 10
+	// maxFrameOut caps a batched outgoing frame; more events start another.
+	maxFrameOut = 64 << 10
+	// maxKeptBuffer is the largest assembly buffer a flusher keeps between
+	// passes; a larger one (a recovery reply) is dropped after use.
+	maxKeptBuffer = 1 << 20
+)
+
+// flusher writes the connections that its Schedule hands it. Its lists are
+// guarded by mu; everything else is owned by its goroutine (run).
+type flusher struct {
+	wake chan struct{} // capacity 1: incoming or hints has entries
+	quit chan struct{}
+	done chan struct{}
+
+	mu       sync.Mutex
+	incoming []*Conn // claimed connections not yet looked at
+	hints    []*Conn // connections that were hurried
+
+	// Owned by run.
+	timed    []*Conn // connections waiting out their window; nil: taken out
+	earliest int64   // no window in timed ends before this (clock ns)
+	armed    int64   // when timer fires; 0: not armed
+	timer    *time.Timer
+	again    []*Conn // written connections that had more queued meanwhile
+	buf      []byte  // frames are assembled here
+	spareIn  []*Conn
+	spareHnt []*Conn
+}
+
+func newFlusher() *flusher {
+	f := &flusher{
+		wake:     make(chan struct{}, 1),
+		quit:     make(chan struct{}),
+		done:     make(chan struct{}),
+		earliest: math.MaxInt64,
+		timer:    time.NewTimer(time.Hour),
+	}
+	f.timer.Stop()
+	go f.run()
+	return f
+}
+
+// stop ends the flusher's goroutine once no connection uses it.
+func (f *flusher) stop() {
+	close(f.quit)
+	<-f.done
+}
+
+// clockBase anchors clock: a monotonic reading in nanoseconds.
+var clockBase = time.Now()
+
+func clock() int64 { return int64(time.Since(clockBase)) }
+
+func (f *flusher) push(list *[]*Conn, c *Conn) {
+	f.mu.Lock()
+	*list = append(*list, c)
+	f.mu.Unlock()
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (f *flusher) run() {
+	defer close(f.done)
+	for {
+		select {
+		case <-f.wake:
+		case <-f.timer.C:
+			f.armed = 0
+		case <-f.quit:
+			f.timer.Stop()
+			return
+		}
+		f.pass()
+	}
+}
+
+// pass looks at what was handed over since the last pass and writes what
+// is due.
+func (f *flusher) pass() {
+	f.mu.Lock()
+	incoming, hints := f.incoming, f.hints
+	f.incoming, f.hints = f.spareIn[:0], f.spareHnt[:0]
+	f.mu.Unlock()
+
+	now := clock()
+	for _, c := range incoming {
+		f.classify(c, now)
+	}
+	for _, c := range hints {
+		if c.timedAt >= 0 { // hurried while it waited out its window
+			f.timed[c.timedAt] = nil
+			c.timedAt = -1
+			f.write(c, now)
+		}
+	}
+	clear(incoming)
+	clear(hints)
+	f.spareIn, f.spareHnt = incoming, hints
+	if now+int64(coalesceSlack) >= f.earliest {
+		f.writeDue(now)
+	}
+	for len(f.again) > 0 {
+		again := f.again
+		f.again = nil
+		for _, c := range again {
+			f.classify(c, now)
+		}
+	}
+	f.arm(now)
+}
+
+// classify writes c at once if its window has passed or it was hurried,
+// and otherwise lets it wait out its window.
+func (f *flusher) classify(c *Conn, now int64) {
+	if c.hurried.Load() || now-c.lastWrite >= int64(coalesceWindow) {
+		f.write(c, now)
+		return
+	}
+	c.timedAt = len(f.timed)
+	f.timed = append(f.timed, c)
+	f.earliest = min(f.earliest, c.lastWrite+int64(coalesceWindow))
+}
+
+// writeDue writes the waiting connections whose window ends by now (give
+// or take the slack) and keeps the others.
+func (f *flusher) writeDue(now int64) {
+	keep := f.timed[:0]
+	earliest := int64(math.MaxInt64)
+	var due []*Conn
+	for _, c := range f.timed {
+		if c == nil {
+			continue
+		}
+		if end := c.lastWrite + int64(coalesceWindow); end > now+int64(coalesceSlack) {
+			c.timedAt = len(keep)
+			keep = append(keep, c)
+			earliest = min(earliest, end)
+			continue
+		}
+		c.timedAt = -1
+		due = append(due, c)
+	}
+	clear(f.timed[len(keep):])
+	f.timed, f.earliest = keep, earliest
+	for _, c := range due {
+		f.write(c, now)
+	}
+}
+
+// arm sets the timer for the first window that ends.
+func (f *flusher) arm(now int64) {
+	if len(f.timed) == 0 {
+		f.earliest = math.MaxInt64
+		return
+	}
+	if f.armed != 0 && f.armed <= f.earliest {
+		return
+	}
+	f.armed = f.earliest
+	f.timer.Reset(time.Duration(max(f.earliest-now, 0)))
+}
+
+// write takes what c has queued and writes it without blocking.
+func (f *flusher) write(c *Conn, now int64) {
+	defer func() {
+		if p := recover(); p != nil {
+			logx.Errorf("connection %s: writer panic: %v", c.client.ID, p)
+			c.client.Close(hub.CloseRequest{})
+			c.finish()
+		}
+	}()
+	c.hurried.Store(false)
+	b := c.client.Take()
+	f.buf = appendFrames(f.buf[:0], b)
+	clear(b.Events) // an idle connection must not keep its last events alive
+	if len(f.buf) > 0 {
+		c.lastWrite = now
+		n, err := c.writeNow(f.buf)
+		if err != nil {
+			c.client.Close(hub.CloseRequest{}) // the peer is gone: no writer starts again
+			c.finish()
+			return
+		}
+		if n < len(f.buf) {
+			go c.writeOn(bytes.Clone(f.buf[n:])) // the socket is full: wait in a goroutine of its own
+			f.trim()
+			return
+		}
+	}
+	f.trim()
+	switch {
+	case b.Close != nil && b.Close.Code == 0:
+		c.finish() // the peer is gone: nothing to say
+	case b.Close != nil:
+		go c.writeOn(nil) // the close frame waits for the peer's answer
+	case !c.client.Idle():
+		f.again = append(f.again, c)
+	}
+}
+
+func (f *flusher) trim() {
+	if cap(f.buf) > maxKeptBuffer {
+		f.buf = nil
+	}
+}
+
+// Schedule is hub.Writer's: c has something to write and is now the flusher's.
+func (c *Conn) Schedule() { c.flusher.push(&c.flusher.incoming, c) }
+
+// Hurry is hub.Writer's: write c without waiting out its window.
+func (c *Conn) Hurry() {
+	if c.hurried.CompareAndSwap(false, true) {
+		c.flusher.push(&c.flusher.hints, c)
+	}
+}
+
+// writeNow writes b to the socket as far as it goes without blocking, and
+// reports how much it wrote. A connection without a raw socket (TLS)
+// writes nothing here: it always goes on in writeOn.
+func (c *Conn) writeNow(b []byte) (int, error) {
+	if c.raw == nil {
+		return 0, nil
+	}
+	n := 0
+	var werr error
+	err := c.raw.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			m, e := syscall.Write(int(fd), b[n:])
+			if m > 0 {
+				n += m
+			}
+			switch e {
+			case nil:
+				if m <= 0 {
+					return true
+				}
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return true // full: the rest waits in writeOn
+			default:
+				werr = e
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil {
+		err = werr
+	}
+	return n, err
+}
+
+// writeOn writes c's socket from a goroutine of its own, with a deadline:
+// first pending, then whatever is queued, until the queue is empty (c goes
+// back to the flushers) or c closes. It holds the writer's claim.
+func (c *Conn) writeOn(pending []byte) {
+	defer func() {
+		if p := recover(); p != nil {
+			logx.Errorf("connection %s: writer panic: %v", c.client.ID, p)
+			c.client.Close(hub.CloseRequest{})
+			c.finish()
+		}
+	}()
+	conn := c.ws.NetConn()
+	for {
+		if len(pending) > 0 {
+			_ = conn.SetWriteDeadline(time.Now().Add(writeWait))
+			if _, err := conn.Write(pending); err != nil {
+				c.client.Close(hub.CloseRequest{})
+				c.finish()
+				return
+			}
+			c.lastWrite = clock()
+		}
+		c.hurried.Store(false)
+		b := c.client.Take()
+		pending = appendFrames(pending[:0], b)
+		clear(b.Events)
+		if len(pending) > 0 {
+			continue
+		}
+		if b.Close != nil {
+			c.writeClose(conn, b.Close)
+			c.finish()
+			return
+		}
+		_ = conn.SetWriteDeadline(time.Time{}) // writeNow must not find an old deadline
+		if c.client.Idle() {
+			return
+		}
+	}
+}
+
+// writeClose sends the close frame and waits briefly for the peer's
+// answer, so that the peer reads the code before the socket goes.
+func (c *Conn) writeClose(conn net.Conn, req *hub.CloseRequest) {
+	if req.Code == 0 {
+		return
+	}
+	payload := websocket.FormatCloseMessage(req.Code, req.Text)
+	if len(payload) > maxControlPayload {
+		payload = payload[:maxControlPayload]
+	}
+	_ = conn.SetWriteDeadline(time.Now().Add(writeWait))
+	if _, err := conn.Write(appendFrame(nil, opClose, payload)); err != nil {
+		return
+	}
+	select {
+	case <-c.readDone:
+	case <-time.After(closeGrace):
+	}
+}
+
+// WebSocket framing, server to client (RFC 6455 §5.2: no mask).
+const (
+	opText  = 0x1
+	opClose = 0x8
+	opPing  = 0x9
+	opPong  = 0xA
+
+	maxControlPayload = 125
+)
+
+// pingFrame is the heartbeat, with no payload.
+var pingFrame = appendFrame(nil, opPing, nil)
+
+func appendHeader(dst []byte, op byte, n int) []byte {
+	dst = append(dst, 0x80|op) // FIN: never fragmented
+	switch {
+	case n < 126:
+		return append(dst, byte(n))
+	case n <= math.MaxUint16:
+		return append(dst, 126, byte(n>>8), byte(n))
+	default:
+		return append(dst, 127, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+}
+
+func appendFrame(dst []byte, op byte, payload []byte) []byte {
+	return append(appendHeader(dst, op, len(payload)), payload...)
+}
+
+// appendFrames appends b's control frames, then its events as text frames
+// of newline-separated JSON, each at most maxFrameOut bytes unless a
+// single event is larger.
+func appendFrames(dst []byte, b hub.Batch) []byte {
+	for _, frame := range b.Controls {
+		dst = append(dst, frame...)
+	}
+	events := b.Events
+	for len(events) > 0 {
+		n, size := 1, len(events[0])
+		for n < len(events) && size+1+len(events[n]) <= maxFrameOut {
+			size += 1 + len(events[n])
+			n++
+		}
+		dst = appendHeader(dst, opText, size)
+		for i, event := range events[:n] {
+			if i > 0 {
+				dst = append(dst, '\n')
+			}
+			dst = append(dst, event...)
+		}
+		events = events[n:]
+	}
+	return dst
+}
