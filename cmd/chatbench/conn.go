@@ -175,12 +175,8 @@ var (
 // decoded as JSON.
 func parseMessage(line []byte) (seq int64, text []byte, ok bool) {
 	if i := bytes.Index(line, seqKey); i >= 0 {
-		n, rest, ok := number(line[i+len(seqKey):], ',')
-		if k := bytes.Index(rest, textKey); ok && k >= 0 {
-			t := rest[k+len(textKey):]
-			if end := bytes.IndexByte(t, '"'); end >= 0 {
-				return n, t[:end], true
-			}
+		if seq, text, ok := parseMessageFrom(line[i+len(seqKey):]); ok {
+			return seq, text, true
 		}
 	}
 	var m struct {
@@ -191,6 +187,18 @@ func parseMessage(line []byte) (seq int64, text []byte, ok bool) {
 		return 0, nil, false
 	}
 	return m.Seq, []byte(m.Text), true
+}
+
+// parseMessageFrom is parseMessage's fast path from the seq's digits on.
+func parseMessageFrom(b []byte) (seq int64, text []byte, ok bool) {
+	n, rest, ok := number(b, ',')
+	if k := bytes.Index(rest, textKey); ok && k >= 0 {
+		t := rest[k+len(textKey):]
+		if end := bytes.IndexByte(t, '"'); end >= 0 {
+			return n, t[:end], true
+		}
+	}
+	return 0, nil, false
 }
 
 // payload is what a message text carries.
@@ -254,16 +262,15 @@ func closeReason(err error) string {
 // returns the number and what follows end.
 func number(b []byte, end byte) (int64, []byte, bool) {
 	var n uint64 // 19 digits cannot overflow it
-	i := 0
-	for ; i < len(b) && i <= 19 && b[i] != end; i++ {
-		c := b[i]
-		if c < '0' || c > '9' {
+	for i, c := range b {
+		if d := c - '0'; d <= 9 {
+			n = n*10 + uint64(d)
+			continue
+		}
+		if c != end || i == 0 || i > 19 || n > math.MaxInt64 {
 			return 0, nil, false
 		}
-		n = n*10 + uint64(c-'0')
+		return int64(n), b[i+1:], true
 	}
-	if i == 0 || i > 19 || i == len(b) || n > math.MaxInt64 {
-		return 0, nil, false
-	}
-	return int64(n), b[i+1:], true
+	return 0, nil, false
 }

@@ -23,6 +23,7 @@ type receiver struct {
 	delivered atomic.Int64 // unique bench messages received (read by the drain loop)
 
 	lastSeq     int64      // the room seq last seen (chat mode)
+	msgPrefix   []byte     // chat mode: how this room's message events start, up to the seq's digits
 	got         []bitset   // per sender: counters received
 	lastCounter []int      // per sender: highest counter received (raw mode order check)
 	hist        *histogram // latencies
@@ -81,6 +82,15 @@ func (r *receiver) handleLine(now int64, line []byte) {
 		r.handlePayload(now, line)
 		return
 	}
+	// Every message event of the room starts with the same bytes, up to
+	// the seq (the server's field order): compare them instead of
+	// searching the line for its fields.
+	if p := r.msgPrefix; len(p) > 0 && len(line) > len(p) && string(line[:len(p)]) == string(p) {
+		if seq, text, ok := parseMessageFrom(line[len(p):]); ok {
+			r.handleMessage(now, seq, text)
+			return
+		}
+	}
 	switch string(eventTypeBytes(line)) {
 	case "message":
 		seq, text, ok := parseMessage(line)
@@ -88,17 +98,10 @@ func (r *receiver) handleLine(now int64, line []byte) {
 			r.malformed++
 			return
 		}
-		// A member receives every message of its room once, in seq order:
-		// each seq must be the previous one plus 1, starting after the
-		// join reply's seq.
-		if seq != r.lastSeq+1 {
-			r.outOfOrder++
-			if seq > r.lastSeq+1 {
-				r.seqGaps += seq - r.lastSeq - 1
-			}
+		if i := bytes.Index(line, seqKey); i >= 0 {
+			r.msgPrefix = append(r.msgPrefix[:0], line[:i+len(seqKey)]...)
 		}
-		r.lastSeq = seq
-		r.handlePayload(now, text)
+		r.handleMessage(now, seq, text)
 	case "resync":
 		r.resyncs++
 	case "error":
@@ -106,6 +109,21 @@ func (r *receiver) handleLine(now int64, line []byte) {
 	case "":
 		r.malformed++
 	}
+}
+
+// handleMessage records a room message.
+func (r *receiver) handleMessage(now, seq int64, text []byte) {
+	// A member receives every message of its room once, in seq order:
+	// each seq must be the previous one plus 1, starting after the
+	// join reply's seq.
+	if seq != r.lastSeq+1 {
+		r.outOfOrder++
+		if seq > r.lastSeq+1 {
+			r.seqGaps += seq - r.lastSeq - 1
+		}
+	}
+	r.lastSeq = seq
+	r.handlePayload(now, text)
 }
 
 // handlePayload records one received message text.
