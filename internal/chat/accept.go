@@ -103,7 +103,8 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 		readDone:  make(chan struct{}),
 		writeDone: make(chan struct{}),
 		flusher:   n.flushers[seq%uint64(len(n.flushers))],
-		raw:       rawConn(ws.NetConn()),
+		raw:       rawConn(hijacker.conn.Conn),
+		handshake: hijacker.conn.take(),
 		timedAt:   -1,
 		lastWrite: clock() - int64(coalesceWindow), // the first write goes out at once
 	}
@@ -112,8 +113,7 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 	n.mu.Unlock()
 	n.wg.Add(1)
 	c.pinger = time.AfterFunc(n.cfg.PingInterval, c.ping)
-	c.client.SetWriter(c) // the flushers write it whenever something is queued
-	go c.readPump()
+	go c.readPump() // it hands the connection to the flushers once the welcome is queued
 }
 
 // rawConn is the socket under conn, for writes that must not block; nil
@@ -133,10 +133,12 @@ func rawConn(conn net.Conn) syscall.RawConn {
 // readerHijacker gives gorilla a read buffer that the connection keeps a
 // hold of, so that its read pump can tell when everything that has arrived
 // is read (see await). Gorilla reads through the hijacked reader when
-// ReadBufferSize is 0 and the reader holds more than 256 bytes.
+// ReadBufferSize is 0 and the reader holds more than 256 bytes. It also
+// gives gorilla a socket that holds the handshake's response (heldConn).
 type readerHijacker struct {
 	http.ResponseWriter
-	br *bufio.Reader
+	br   *bufio.Reader
+	conn *heldConn
 }
 
 func (h *readerHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -145,7 +147,34 @@ func (h *readerHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return conn, brw, err // gorilla refuses a client that sent data before the handshake's end
 	}
 	h.br = bufio.NewReaderSize(conn, readBufferSize)
-	return conn, bufio.NewReadWriter(h.br, brw.Writer), nil
+	h.conn = &heldConn{Conn: conn, holding: true}
+	return h.conn, bufio.NewReadWriter(h.br, brw.Writer), nil
+}
+
+// heldConn keeps the first write, gorilla's "101 Switching Protocols",
+// instead of sending it: the connection's writer sends it ahead of the
+// welcome, in one system call, where gorilla and then the writer would
+// make two (and the client two reads). Later writes go straight through;
+// the first happens in Upgrade, before the connection has other goroutines.
+type heldConn struct {
+	net.Conn
+	holding bool
+	held    []byte
+}
+
+// take hands over the held response.
+func (c *heldConn) take() []byte {
+	held := c.held
+	c.held = nil
+	return held
+}
+
+func (c *heldConn) Write(p []byte) (int, error) {
+	if c.holding {
+		c.holding, c.held = false, append([]byte(nil), p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
 }
 
 // originAllowed: no Origin (not a browser), the page's own host, or one of

@@ -52,6 +52,7 @@ type Conn struct {
 	// The writer's (see writer.go).
 	flusher   *flusher
 	raw       syscall.RawConn // the socket, for writes that must not block; nil: none (TLS)
+	handshake []byte          // the upgrade's response, sent ahead of the first frame (heldConn)
 	hurried   atomic.Bool     // a reply or a frame's worth waits: write without coalescing
 	timedAt   int             // the flusher's: index in its timed list, -1 when not in it
 	lastWrite int64           // clock() of the last write
@@ -187,6 +188,9 @@ func (c *Conn) closeWith(code int, text string) {
 // the welcome, so that a client that has its welcome is counted online; the
 // welcome before the Hub can queue anything else.
 func (c *Conn) start() bool {
+	// Only now may the flushers write: the handshake's response then goes
+	// out with the welcome (or with the close when starting fails).
+	defer c.client.SetWriter(c)
 	n := c.node
 	ctx, cancel := brokerContext(context.Background())
 	defer cancel()

@@ -221,7 +221,8 @@ func (f *flusher) write(c *Conn, now int64) {
 	}()
 	c.hurried.Store(false)
 	b := c.client.Take()
-	f.buf = appendFrames(f.buf[:0], b)
+	f.buf = appendFrames(append(f.buf[:0], c.handshake...), b)
+	c.handshake = nil
 	clear(b.Events) // an idle connection must not keep its last events alive
 	if len(f.buf) > 0 {
 		c.lastWrite = now

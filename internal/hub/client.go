@@ -79,7 +79,7 @@ func (c *Client) enqueue(events [][]byte, urgent bool) int {
 		queued++
 	}
 	full := c.queued >= FlushBytes
-	start, wake := c.claimWriterLocked(), c.wake
+	w, start, wake := c.writer, c.claimWriterLocked(), c.wake
 	c.mu.Unlock()
 	if slow {
 		queued = 0
@@ -87,9 +87,9 @@ func (c *Client) enqueue(events [][]byte, urgent bool) int {
 			c.slow.Add(1)
 		}
 	}
-	c.signal(start, wake)
-	if !slow && (full || urgent) && c.writer != nil {
-		c.writer.Hurry()
+	c.signal(w, start, wake)
+	if !slow && (full || urgent) && w != nil {
+		w.Hurry()
 	}
 	return queued
 }
@@ -119,9 +119,9 @@ func (c *Client) Control(frame []byte) {
 		return
 	}
 	c.controls = append(c.controls, frame)
-	start, wake := c.claimWriterLocked(), c.wake
+	w, start, wake := c.writer, c.claimWriterLocked(), c.wake
 	c.mu.Unlock()
-	c.signal(start, wake)
+	c.signal(w, start, wake)
 }
 
 // Close asks the write pump to close the connection. The first request wins.
@@ -135,9 +135,9 @@ func (c *Client) Close(req CloseRequest) {
 	if !req.Flush {
 		c.queue, c.queued = nil, 0
 	}
-	start, wake := c.claimWriterLocked(), c.wake
+	w, start, wake := c.writer, c.claimWriterLocked(), c.wake
 	c.mu.Unlock()
-	c.signal(start, wake)
+	c.signal(w, start, wake)
 }
 
 // Writer writes a client's queue to its connection. The client calls it
@@ -156,11 +156,14 @@ type Writer interface {
 }
 
 // SetWriter hands the client's writing to w, which drains (Take) and calls
-// Idle when it finds nothing more to do. Call it before anything is queued.
+// Idle when it finds nothing more to do. What was queued before is w's to
+// write at once. Call it once.
 func (c *Client) SetWriter(w Writer) {
 	c.mu.Lock()
 	c.writer = w
+	start := (len(c.queue) > 0 || len(c.controls) > 0 || c.closing != nil) && c.claimWriterLocked()
 	c.mu.Unlock()
+	c.signal(w, start, nil)
 }
 
 // claimWriterLocked reports whether the caller must start the writer. c.mu is held.
@@ -184,9 +187,11 @@ func (c *Client) Idle() bool {
 	return true
 }
 
-func (c *Client) signal(schedule bool, wake chan struct{}) {
+// signal tells w to start writing (schedule), or else wakes an owner
+// waiting on Wake. It is called without c.mu.
+func (c *Client) signal(w Writer, schedule bool, wake chan struct{}) {
 	if schedule {
-		c.writer.Schedule()
+		w.Schedule()
 		return
 	}
 	if wake == nil {

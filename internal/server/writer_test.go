@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -116,5 +117,36 @@ func TestReaderThatLagsGetsEverythingInOrder(t *testing.T) {
 	_ = lag.SetReadDeadline(time.Now().Add(chattest.Timeout))
 	if _, data, err := lag.ReadMessage(); err != nil || !strings.Contains(string(data), `"text":"after"`) {
 		t.Fatalf("after catching up: %q, %v", data, err)
+	}
+}
+
+// The upgrade's response is held and sent with the welcome: one system
+// call on the server, one read on the client.
+func TestHandshakeResponseAndWelcomeArriveTogether(t *testing.T) {
+	s := chattest.Start(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := "GET /ws?name=together HTTP/1.1\r\nHost: " + strings.TrimPrefix(s.URL, "http://") + "\r\n" +
+		"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	if _, err := conn.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(chattest.Timeout))
+	buf := make([]byte, 64<<10)
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, frame, ok := strings.Cut(string(buf[:n]), "\r\n\r\n")
+	if !ok || !strings.HasPrefix(head, "HTTP/1.1 101 ") ||
+		!strings.Contains(head, "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") {
+		t.Fatalf("first read: %q, want the 101 response with the key's accept value", buf[:n])
+	}
+	if len(frame) < 2 || frame[0] != 0x81 || !strings.Contains(frame, `"type":"welcome"`) {
+		t.Fatalf("after the response, in the same read: %q, want the welcome's text frame", frame)
 	}
 }
