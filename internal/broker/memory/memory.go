@@ -28,7 +28,7 @@ type Backend struct {
 type room struct {
 	epoch   string
 	seq     int64
-	history []protocol.Message // oldest first, at most HistorySize
+	history []protocol.Message // oldest first; the last HistorySize are kept (kept), and up to as many older wait to be trimmed
 	expires time.Time          // history, seq and epoch go together after HistoryTTL idle
 	keys    map[string]keyEntry
 }
@@ -113,8 +113,12 @@ func (n *node) Publish(ctx context.Context, p broker.Publication) (protocol.Mess
 		ID: p.ID, From: p.From, Text: p.Text, TS: now.UnixMilli(),
 	}
 	r.history = append(r.history, msg)
-	if over := len(r.history) - b.opts.HistorySize; over > 0 {
-		r.history = append(r.history[:0:0], r.history[over:]...)
+	// Trimmed once it holds twice what is kept, not at every message: a
+	// copy of the whole history per publish was most of the node's garbage.
+	if size := b.opts.HistorySize; len(r.history) >= 2*size {
+		n := copy(r.history, r.history[len(r.history)-size:])
+		clear(r.history[n:])
+		r.history = r.history[:n]
 	}
 	if p.Key != "" {
 		for id, k := range r.keys { // keep the key map bounded by the window
@@ -131,6 +135,11 @@ func (n *node) Publish(ctx context.Context, p broker.Publication) (protocol.Mess
 	return msg, nil
 }
 
+// kept is the history a reader sees: the last size messages.
+func (r *room) kept(size int) []protocol.Message {
+	return r.history[max(len(r.history)-size, 0):]
+}
+
 func (n *node) History(ctx context.Context, name string, q broker.HistoryQuery) (broker.History, error) {
 	if err := ctx.Err(); err != nil {
 		return broker.History{}, err
@@ -140,7 +149,7 @@ func (n *node) History(ctx context.Context, name string, q broker.HistoryQuery) 
 	defer b.mu.Unlock()
 	r := b.roomLocked(name)
 	var msgs []protocol.Message
-	for _, m := range r.history {
+	for _, m := range r.kept(b.opts.HistorySize) {
 		if (q.After == 0 || m.Seq > q.After) && (q.Before == 0 || m.Seq < q.Before) {
 			msgs = append(msgs, m)
 		}
