@@ -20,6 +20,7 @@ func TestShippedConfigHasTheSpecDefaults(t *testing.T) {
 		ch.PingInterval != 25*time.Second || ch.PongTimeout != 60*time.Second ||
 		ch.HistorySize != 200 || ch.HistoryTTL != 24*time.Hour || ch.PresenceTTL != 60*time.Second ||
 		ch.DrainTimeout != 10*time.Second || len(ch.AllowedOrigins) != 0 || ch.ApiKey != "" ||
+		ch.CoalesceWindow != 50*time.Millisecond ||
 		c.Redis.Addr != "" || c.Redis.Prefix != "chat" || c.Redis.DB != 0 || c.Auth.AccessSecret != "" {
 		t.Fatalf("defaults differ from SPEC §5: %+v %+v %+v", c.Chat, c.Redis, c.Auth)
 	}

@@ -3,6 +3,7 @@ package chat
 import (
 	"bufio"
 	"context"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -106,7 +107,7 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 		raw:       rawConn(hijacker.conn.Conn),
 		handshake: hijacker.conn.take(),
 		timedAt:   -1,
-		lastWrite: clock() - int64(coalesceWindow), // the first write goes out at once
+		lastWrite: math.MinInt64 / 2, // long ago: the first write goes out at once
 	}
 	n.mu.Lock()
 	n.conns[c] = struct{}{}

@@ -72,7 +72,7 @@ func NewNode(cfg config.ChatConf, newBroker NewBroker) (*Node, error) {
 		conns:   make(map[*Conn]struct{}),
 	}
 	for range runtime.GOMAXPROCS(0) {
-		n.flushers = append(n.flushers, newFlusher())
+		n.flushers = append(n.flushers, newFlusher(cfg.CoalesceWindow))
 	}
 	go h.Run()
 	return n, nil

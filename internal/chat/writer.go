@@ -39,13 +39,6 @@ import (
 // connection is ending.)
 
 const (
-	// coalesceWindow is the least time between two writes to a connection
-	// under load: the latency it may add, for far fewer system calls.
-	coalesceWindow = 30 * time.Millisecond
-	// coalesceSlack lets a flusher write connections whose window ends
-	// this soon along with those whose window has ended, so that under
-	// steady load they stay in step: one pass per window.
-	coalesceSlack = coalesceWindow / 10
 	// maxFrameOut caps a batched outgoing frame; more events start another.
 	maxFrameOut = 64 << 10
 	// maxKeptBuffer is the largest assembly buffer a flusher keeps between
@@ -56,6 +49,13 @@ const (
 // flusher writes the connections that its Schedule hands it. Its lists are
 // guarded by mu; everything else is owned by its goroutine (run).
 type flusher struct {
+	// window is the least time between two writes to a connection under
+	// load (Chat.CoalesceWindow): the latency it may add, for far fewer
+	// system calls. slack lets connections whose window ends this soon go
+	// with those whose window has ended, so that under steady load they
+	// stay in step: one pass per window.
+	window, slack int64
+
 	wake chan struct{} // capacity 1: incoming or hints has entries
 	quit chan struct{}
 	done chan struct{}
@@ -75,8 +75,10 @@ type flusher struct {
 	spareHnt []*Conn
 }
 
-func newFlusher() *flusher {
+func newFlusher(window time.Duration) *flusher {
 	f := &flusher{
+		window:   int64(window),
+		slack:    int64(window / 10),
 		wake:     make(chan struct{}, 1),
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -146,7 +148,7 @@ func (f *flusher) pass() {
 	clear(incoming)
 	clear(hints)
 	f.spareIn, f.spareHnt = incoming, hints
-	if now+int64(coalesceSlack) >= f.earliest {
+	if now+f.slack >= f.earliest {
 		f.writeDue(now)
 	}
 	for len(f.again) > 0 {
@@ -162,13 +164,13 @@ func (f *flusher) pass() {
 // classify writes c at once if its window has passed or it was hurried,
 // and otherwise lets it wait out its window.
 func (f *flusher) classify(c *Conn, now int64) {
-	if c.hurried.Load() || now-c.lastWrite >= int64(coalesceWindow) {
+	if c.hurried.Load() || now-c.lastWrite >= f.window {
 		f.write(c, now)
 		return
 	}
 	c.timedAt = len(f.timed)
 	f.timed = append(f.timed, c)
-	f.earliest = min(f.earliest, c.lastWrite+int64(coalesceWindow))
+	f.earliest = min(f.earliest, c.lastWrite+f.window)
 }
 
 // writeDue writes the waiting connections whose window ends by now (give
@@ -181,7 +183,7 @@ func (f *flusher) writeDue(now int64) {
 		if c == nil {
 			continue
 		}
-		if end := c.lastWrite + int64(coalesceWindow); end > now+int64(coalesceSlack) {
+		if end := c.lastWrite + f.window; end > now+f.slack {
 			c.timedAt = len(keep)
 			keep = append(keep, c)
 			earliest = min(earliest, end)

@@ -33,6 +33,7 @@ type ChatConf struct {
 	HistoryTTL     time.Duration `json:",default=24h"`
 	PresenceTTL    time.Duration `json:",default=60s"`
 	DrainTimeout   time.Duration `json:",default=10s"`
+	CoalesceWindow time.Duration `json:",default=50ms"` // least time between two writes to a busy connection
 	AllowedOrigins []string      `json:",optional"`
 	ApiKey         string        `json:",optional,env=CHAT_API_KEY"`
 }
