@@ -215,7 +215,7 @@ func (c *Conn) start() bool {
 }
 
 // cleanup runs when reading ends: the connection leaves its rooms (members
-// get "left"), presence and the Hub, and waits for the write pump.
+// get "left"), presence and the Hub, and waits for the writer to close the socket.
 func (c *Conn) cleanup() {
 	close(c.readDone)
 	c.client.Close(hub.CloseRequest{}) // the peer is gone: a writer finishes the socket
@@ -246,8 +246,9 @@ func (c *Conn) cleanup() {
 // peer that stopped answering. It runs on a timer, not in a goroutine of
 // its own, and queues the ping for the writer like any frame.
 func (c *Conn) ping() {
-	c.client.Control(pingFrame)
-	c.pinger.Reset(c.node.cfg.PingInterval)
+	if c.client.Control(pingFrame) { // a closing connection needs no more
+		c.pinger.Reset(c.node.cfg.PingInterval)
+	}
 }
 
 // finish closes the socket once; cleanup waits for it.

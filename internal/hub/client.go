@@ -7,7 +7,7 @@ import (
 
 // Client is the Hub's view of one connection: its identity and its outbound
 // queue. The Hub and the connection's read pump enqueue; only the
-// connection's write pump drains (Drain). The queue is bounded in bytes, not
+// connection's writer drains (Take). The queue is bounded in bytes, not
 // events: a healthy reader that lags while the CPU is saturated keeps up in
 // bytes, while one that stopped reading does not.
 type Client struct {
@@ -19,7 +19,7 @@ type Client struct {
 
 	mu       sync.Mutex // guards the fields below; held only for O(1) work, never across I/O
 	queue    [][]byte
-	spare    [][]byte // the slice the write pump returned, reused to avoid allocating per batch
+	spare    [][]byte // the slice the writer returned, reused to avoid allocating per batch
 	queued   int      // bytes in queue
 	controls [][]byte // frames written as they are, ahead of the events (heartbeats)
 	closing  *CloseRequest
@@ -94,13 +94,13 @@ func (c *Client) enqueue(events [][]byte, urgent bool) int {
 	return queued
 }
 
-// FlushBytes is how much queued data makes the write pump stop waiting to
+// FlushBytes is how much queued data makes the writer stop waiting to
 // coalesce: a full frame gains nothing from waiting, and a fast stream must
 // not pile up towards the slow-consumer limit while the pump waits.
 const FlushBytes = 64 << 10
 
 // EnqueueReply is Enqueue for an answer the client is waiting for: the
-// write pump sends it without waiting to coalesce more events with it.
+// writer sends it without waiting to coalesce more events with it.
 func (c *Client) EnqueueReply(event []byte) bool {
 	return c.enqueue([][]byte{event}, true) == 1
 }
@@ -111,20 +111,26 @@ const maxControls = 4
 
 // Control queues a frame to be written as it is, ahead of the queued
 // events: a ping, or the answer to the peer's ping. It is not counted
-// against the byte limit, and is dropped once a close was requested.
-func (c *Client) Control(frame []byte) {
+// against the byte limit, and is dropped once a close was requested. It
+// reports whether the client is still open.
+func (c *Client) Control(frame []byte) bool {
 	c.mu.Lock()
-	if c.closing != nil || len(c.controls) >= maxControls {
+	if c.closing != nil {
 		c.mu.Unlock()
-		return
+		return false
+	}
+	if len(c.controls) >= maxControls {
+		c.mu.Unlock()
+		return true
 	}
 	c.controls = append(c.controls, frame)
 	w, start, wake := c.writer, c.claimWriterLocked(), c.wake
 	c.mu.Unlock()
 	c.signal(w, start, wake)
+	return true
 }
 
-// Close asks the write pump to close the connection. The first request wins.
+// Close asks the writer to close the connection. The first request wins.
 func (c *Client) Close(req CloseRequest) {
 	c.mu.Lock()
 	if c.closing != nil {

@@ -176,3 +176,33 @@ func TestDrainedBatchStaysIntactUntilTheNextDrain(t *testing.T) {
 		t.Fatalf("next drain = %q, want [c]", next)
 	}
 }
+
+// Control frames are taken ahead of the events, keep the writer going, are
+// bounded, and are refused once the client closes.
+func TestControlFramesAreTakenFirstAndBounded(t *testing.T) {
+	c := hub.NewClient("c1", "alice", 100)
+	c.Enqueue([]byte("event"))
+	for i := range 10 {
+		if !c.Control([]byte{byte(i)}) {
+			t.Fatalf("control %d refused on an open client", i)
+		}
+	}
+	b := c.Take()
+	if len(b.Controls) == 0 || len(b.Controls) > 4 || b.Controls[0][0] != 0 {
+		t.Fatalf("controls %v, want the first few, at most 4", b.Controls)
+	}
+	if len(b.Events) != 1 || string(b.Events[0]) != "event" || b.Close != nil {
+		t.Fatalf("events %q, close %v; want [event], none", b.Events, b.Close)
+	}
+	c.Control([]byte("ping"))
+	if c.Idle() {
+		t.Fatal("Idle with a control frame queued")
+	}
+	if b := c.Take(); len(b.Controls) != 1 || !c.Idle() {
+		t.Fatalf("controls %q, then Idle should end the writer", b.Controls)
+	}
+	c.Close(hub.CloseRequest{Code: 1001})
+	if c.Control([]byte("ping")) {
+		t.Fatal("Control accepted on a closing client")
+	}
+}
