@@ -55,9 +55,10 @@ func BenchmarkWriteBatch(b *testing.B) {
 	b.SetBytes(int64(len(batch) * (len(event) + 1)))
 	b.ReportAllocs()
 	var buf []byte
+	w := newRawWrite()
 	for b.Loop() { // as a flusher writes: frames assembled, one non-blocking write, the rest blocking
 		buf = appendFrames(buf[:0], hub.Batch{Events: batch})
-		n, err := c.writeNow(buf)
+		n, err := c.writeNow(w, buf)
 		if err == nil && n < len(buf) {
 			_, err = ws.NetConn().Write(buf[n:])
 		}

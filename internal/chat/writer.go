@@ -71,6 +71,7 @@ type flusher struct {
 	timer    *time.Timer
 	again    []*Conn // written connections that had more queued meanwhile
 	buf      []byte  // frames are assembled here
+	raw      *rawWrite
 	spareIn  []*Conn
 	spareHnt []*Conn
 }
@@ -84,6 +85,7 @@ func newFlusher(window time.Duration) *flusher {
 		done:     make(chan struct{}),
 		earliest: math.MaxInt64,
 		timer:    time.NewTimer(time.Hour),
+		raw:      newRawWrite(),
 	}
 	f.timer.Stop()
 	go f.run()
@@ -228,7 +230,7 @@ func (f *flusher) write(c *Conn, now int64) {
 	clear(b.Events) // an idle connection must not keep its last events alive
 	if len(f.buf) > 0 {
 		c.lastWrite = now
-		n, err := c.writeNow(f.buf)
+		n, err := c.writeNow(f.raw, f.buf)
 		if err != nil {
 			c.client.Close(hub.CloseRequest{}) // the peer is gone: no writer starts again
 			c.finish()
@@ -267,39 +269,59 @@ func (c *Conn) Hurry() {
 	}
 }
 
+// rawWrite is a non-blocking write's state, made once per writer so that
+// a write allocates nothing (a closure passed to RawConn.Write would).
+type rawWrite struct {
+	b   []byte
+	n   int
+	err error
+	do  func(fd uintptr) bool // rawWrite.write, bound once
+}
+
+func newRawWrite() *rawWrite {
+	w := &rawWrite{}
+	w.do = w.write
+	return w
+}
+
+// write is RawConn.Write's callback: it writes until done or the socket is
+// full, and never waits for the socket (it always reports done).
+func (w *rawWrite) write(fd uintptr) bool {
+	for w.n < len(w.b) {
+		m, e := syscall.Write(int(fd), w.b[w.n:])
+		if m > 0 {
+			w.n += m
+		}
+		switch e {
+		case nil:
+			if m <= 0 {
+				return true
+			}
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return true // full: the rest waits in writeOn
+		default:
+			w.err = e
+			return true
+		}
+	}
+	return true
+}
+
 // writeNow writes b to the socket as far as it goes without blocking, and
 // reports how much it wrote. A connection without a raw socket (TLS)
 // writes nothing here: it always goes on in writeOn.
-func (c *Conn) writeNow(b []byte) (int, error) {
+func (c *Conn) writeNow(w *rawWrite, b []byte) (int, error) {
 	if c.raw == nil {
 		return 0, nil
 	}
-	n := 0
-	var werr error
-	err := c.raw.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			m, e := syscall.Write(int(fd), b[n:])
-			if m > 0 {
-				n += m
-			}
-			switch e {
-			case nil:
-				if m <= 0 {
-					return true
-				}
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return true // full: the rest waits in writeOn
-			default:
-				werr = e
-				return true
-			}
-		}
-		return true
-	})
+	w.b, w.n, w.err = b, 0, nil
+	err := c.raw.Write(w.do)
+	n := w.n
 	if err == nil {
-		err = werr
+		err = w.err
 	}
+	w.b = nil
 	return n, err
 }
 

@@ -72,7 +72,7 @@ func TestAppendFramesIsReadAsWebSocketFrames(t *testing.T) {
 		out = appendFrames(out, hub.Batch{Events: b.events})
 	}
 	go func() {
-		n, err := c.writeNow(out)
+		n, err := c.writeNow(newRawWrite(), out)
 		if err == nil && n < len(out) {
 			_, err = c.ws.NetConn().Write(out[n:])
 		}
