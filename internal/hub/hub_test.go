@@ -686,3 +686,47 @@ func BenchmarkFanOut(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N*members)/b.Elapsed().Seconds(), "events/s")
 }
+
+// BenchmarkFanOutPaced is BenchmarkFanOut for a steady stream: each message
+// reaches the Hub alone (no other delivery waits), as at a few thousand
+// messages per second, and every member's queue is drained after it.
+func BenchmarkFanOutPaced(b *testing.B) {
+	const members = 1000
+	h := hub.New(256)
+	go h.Run()
+	defer h.Stop()
+	clients := make([]*hub.Client, members)
+	for i := range clients {
+		clients[i] = hub.NewClient(fmt.Sprintf("c%d", i), fmt.Sprintf("user%d", i), 1<<30)
+		if err := h.Register(clients[i]); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := h.Join(hub.JoinRequest{Client: clients[i], Room: "lobby", Epoch: "e", Reply: reply("join")}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	sentinel := clients[members-1] // the last member the Hub hands a message to
+	drain := func() {
+		for {
+			if batch, _ := sentinel.Drain(); len(batch) > 0 {
+				break
+			}
+			<-sentinel.Wake()
+		}
+		for _, c := range clients[:members-1] {
+			c.Drain()
+		}
+	}
+	drain() // the join replies
+	msgs := make([]broker.Delivery, b.N)
+	for i := range msgs {
+		msgs[i] = message("lobby", "e", int64(i+1))
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range msgs {
+		h.Deliver(msgs[i])
+		drain()
+	}
+	b.ReportMetric(float64(b.N*members)/b.Elapsed().Seconds(), "events/s")
+}
