@@ -2,35 +2,17 @@ package chat
 
 import (
 	"io"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"chat/internal/hub"
-
-	"github.com/gorilla/websocket"
 )
 
 // BenchmarkWriteBatch writes a batch of 20 message events (about 150 bytes
 // each, as under fan-out load) to a real WebSocket on loopback, with a
 // reader draining the other end.
 func BenchmarkWriteBatch(b *testing.B) {
-	serverConn := make(chan *websocket.Conn, 1)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := upgrader.Upgrade(w, r, nil)
-		if err != nil {
-			b.Error(err)
-			return
-		}
-		serverConn <- ws
-	}))
-	defer srv.Close()
-	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer client.Close()
+	c, client := pair(b)
 	go func() {
 		for {
 			_, r, err := client.NextReader()
@@ -40,12 +22,6 @@ func BenchmarkWriteBatch(b *testing.B) {
 			_, _ = io.Copy(io.Discard, r)
 		}
 	}()
-	ws := <-serverConn
-	c := &Conn{ws: ws, raw: rawConn(ws.NetConn())}
-	defer c.ws.Close()
-	if c.raw == nil {
-		b.Fatal("no raw socket under the server's connection")
-	}
 	event := []byte(`{"type":"message","room":"bench","epoch":"0123456789abcdef","seq":123456,"id":"0123456789ab-1e240","from":"sender","text":"` +
 		strings.Repeat("x", 40) + `","ts":1795450568881}`)
 	batch := make([][]byte, 20)
@@ -60,7 +36,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 		buf = appendFrames(buf[:0], hub.Batch{Events: batch})
 		n, err := c.writeNow(w, buf)
 		if err == nil && n < len(buf) {
-			_, err = ws.NetConn().Write(buf[n:])
+			_, err = c.ws.NetConn().Write(buf[n:])
 		}
 		if err != nil {
 			b.Fatal(err)

@@ -15,7 +15,7 @@ import (
 
 // pair is a server-side Conn with a raw socket and a gorilla client on the
 // other end of a real loopback connection.
-func pair(t *testing.T) (*Conn, *websocket.Conn) {
+func pair(t testing.TB) (*Conn, *websocket.Conn) {
 	t.Helper()
 	serverConn := make(chan *websocket.Conn, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

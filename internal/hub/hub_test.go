@@ -637,11 +637,12 @@ func TestConcurrentCallersKeepSeqOrder(t *testing.T) {
 // BenchmarkFanOut measures one room message delivered to 1,000 members.
 // Every 256 messages the benchmark drains every queue, as the members'
 // write pumps would.
-func BenchmarkFanOut(b *testing.B) {
-	const members, drainEvery = 1000, 256
+// lobby runs a Hub with members clients in room "lobby", their join
+// replies queued.
+func lobby(b *testing.B, members int) (*hub.Hub, []*hub.Client) {
+	b.Helper()
 	h := hub.New(256)
 	go h.Run()
-	defer h.Stop()
 	clients := make([]*hub.Client, members)
 	for i := range clients {
 		clients[i] = hub.NewClient(fmt.Sprintf("c%d", i), fmt.Sprintf("user%d", i), 1<<30)
@@ -652,6 +653,13 @@ func BenchmarkFanOut(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	return h, clients
+}
+
+func BenchmarkFanOut(b *testing.B) {
+	const members, drainEvery = 1000, 256
+	h, clients := lobby(b, members)
+	defer h.Stop()
 	// Once the sentinel has a message, the Hub is done with every earlier
 	// one; what the others got of the last is drained next time.
 	sentinel := clients[members-1]
@@ -692,19 +700,8 @@ func BenchmarkFanOut(b *testing.B) {
 // messages per second, and every member's queue is drained after it.
 func BenchmarkFanOutPaced(b *testing.B) {
 	const members = 1000
-	h := hub.New(256)
-	go h.Run()
+	h, clients := lobby(b, members)
 	defer h.Stop()
-	clients := make([]*hub.Client, members)
-	for i := range clients {
-		clients[i] = hub.NewClient(fmt.Sprintf("c%d", i), fmt.Sprintf("user%d", i), 1<<30)
-		if err := h.Register(clients[i]); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := h.Join(hub.JoinRequest{Client: clients[i], Room: "lobby", Epoch: "e", Reply: reply("join")}); err != nil {
-			b.Fatal(err)
-		}
-	}
 	sentinel := clients[members-1] // the last member the Hub hands a message to
 	drain := func() {
 		for {
