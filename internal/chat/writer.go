@@ -70,6 +70,7 @@ type flusher struct {
 	armed    int64   // when timer fires; 0: not armed
 	timer    *time.Timer
 	again    []*Conn // written connections that had more queued meanwhile
+	due      []*Conn // writeDue's, kept between passes
 	buf      []byte  // frames are assembled here
 	raw      *rawWrite
 	spareIn  []*Conn
@@ -124,8 +125,19 @@ func (f *flusher) run() {
 			f.timer.Stop()
 			return
 		}
-		f.pass()
+		f.safePass()
 	}
+}
+
+// safePass is pass, and a panic in it (each connection's write recovers
+// its own) is logged rather than ending the process.
+func (f *flusher) safePass() {
+	defer func() {
+		if p := recover(); p != nil {
+			logx.Errorf("flusher panic: %v", p)
+		}
+	}()
+	f.pass()
 }
 
 // pass looks at what was handed over since the last pass and writes what
@@ -180,7 +192,7 @@ func (f *flusher) classify(c *Conn, now int64) {
 func (f *flusher) writeDue(now int64) {
 	keep := f.timed[:0]
 	earliest := int64(math.MaxInt64)
-	var due []*Conn
+	due := f.due[:0]
 	for _, c := range f.timed {
 		if c == nil {
 			continue
@@ -199,6 +211,8 @@ func (f *flusher) writeDue(now int64) {
 	for _, c := range due {
 		f.write(c, now)
 	}
+	clear(due)
+	f.due = due[:0]
 }
 
 // arm sets the timer for the first window that ends.
