@@ -15,6 +15,7 @@ import (
 	"chat/internal/protocol"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -204,5 +205,29 @@ func TestRealRedisStoppedAndRestartedEmpty(t *testing.T) {
 	}
 	if status := getStatus(t, s.URL+"/readyz"); status != http.StatusOK {
 		t.Fatalf("/readyz after the restart: %d", status)
+	}
+}
+
+// A connection that cannot start (its user's topic cannot be subscribed)
+// completes the handshake and is closed with 1013 "try again later":
+// the held 101 goes out with the close frame.
+func TestConnectingWhileRedisIsDownIsClosedWith1013(t *testing.T) {
+	m := miniredis.RunT(t)
+	s := chattest.Start(t, fast, chattest.WithRedis(m.Addr(), "down"))
+	m.Close()
+	start := time.Now()
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	ws, _, err := d.Dial(s.WSURL+"?name=early", nil)
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	defer ws.Close()
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, data, err := ws.ReadMessage()
+	if !websocket.IsCloseError(err, websocket.CloseTryAgainLater) {
+		t.Fatalf("first read: %q, %v; want close 1013", data, err)
+	}
+	if d := time.Since(start); d > 8*time.Second {
+		t.Fatalf("the close took %v; the broker calls are bounded at 5 s", d)
 	}
 }
