@@ -1,5 +1,5 @@
 // Package chat is one node of the chat service: it admits WebSocket
-// connections, runs their read and write pumps, carries out their commands
+// connections, runs their read pumps and writers, carries out their commands
 // and the REST API's, and wires the Hub to the broker.
 package chat
 
