@@ -230,18 +230,9 @@ func (f *flusher) arm(now int64) {
 
 // write takes what c has queued and writes it without blocking.
 func (f *flusher) write(c *Conn, now int64) {
-	defer func() {
-		if p := recover(); p != nil {
-			logx.Errorf("connection %s: writer panic: %v", c.client.ID, p)
-			c.client.Close(hub.CloseRequest{})
-			c.finish()
-		}
-	}()
-	c.hurried.Store(false)
-	b := c.client.Take()
-	f.buf = appendFrames(append(f.buf[:0], c.handshake...), b)
-	c.handshake = nil
-	clear(b.Events) // an idle connection must not keep its last events alive
+	defer c.recoverWriter()
+	var closing *hub.CloseRequest
+	f.buf, closing = c.take(f.buf[:0])
 	if len(f.buf) > 0 {
 		c.lastWrite = now
 		n, err := c.writeNow(f.raw, f.buf)
@@ -258,12 +249,32 @@ func (f *flusher) write(c *Conn, now int64) {
 	}
 	f.trim()
 	switch {
-	case b.Close != nil && b.Close.Code == 0:
+	case closing != nil && closing.Code == 0:
 		c.finish() // the peer is gone: nothing to say
-	case b.Close != nil:
+	case closing != nil:
 		go c.writeOn(nil) // the close frame waits for the peer's answer
 	case !c.client.Idle():
 		f.again = append(f.again, c)
+	}
+}
+
+// take appends to dst, as frames, everything c has queued (after the
+// handshake's response, the first time), and returns the close request.
+func (c *Conn) take(dst []byte) ([]byte, *hub.CloseRequest) {
+	c.hurried.Store(false)
+	b := c.client.Take()
+	dst = appendFrames(append(dst, c.handshake...), b)
+	c.handshake = nil
+	clear(b.Events) // an idle connection must not keep its last events alive
+	return dst, b.Close
+}
+
+// recoverWriter, deferred by a writer, ends the connection on a panic.
+func (c *Conn) recoverWriter() {
+	if p := recover(); p != nil {
+		logx.Errorf("connection %s: writer panic: %v", c.client.ID, p)
+		c.client.Close(hub.CloseRequest{})
+		c.finish()
 	}
 }
 
@@ -343,13 +354,7 @@ func (c *Conn) writeNow(w *rawWrite, b []byte) (int, error) {
 // first pending, then whatever is queued, until the queue is empty (c goes
 // back to the flushers) or c closes. It holds the writer's claim.
 func (c *Conn) writeOn(pending []byte) {
-	defer func() {
-		if p := recover(); p != nil {
-			logx.Errorf("connection %s: writer panic: %v", c.client.ID, p)
-			c.client.Close(hub.CloseRequest{})
-			c.finish()
-		}
-	}()
+	defer c.recoverWriter()
 	conn := c.ws.NetConn()
 	for {
 		if len(pending) > 0 {
@@ -361,15 +366,13 @@ func (c *Conn) writeOn(pending []byte) {
 			}
 			c.lastWrite = clock()
 		}
-		c.hurried.Store(false)
-		b := c.client.Take()
-		pending = appendFrames(pending[:0], b)
-		clear(b.Events)
+		var closing *hub.CloseRequest
+		pending, closing = c.take(pending[:0])
 		if len(pending) > 0 {
 			continue
 		}
-		if b.Close != nil {
-			c.writeClose(conn, b.Close)
+		if closing != nil {
+			c.writeClose(conn, closing)
 			c.finish()
 			return
 		}

@@ -167,9 +167,14 @@ type Writer interface {
 func (c *Client) SetWriter(w Writer) {
 	c.mu.Lock()
 	c.writer = w
-	start := (len(c.queue) > 0 || len(c.controls) > 0 || c.closing != nil) && c.claimWriterLocked()
+	start := c.pendingLocked() && c.claimWriterLocked()
 	c.mu.Unlock()
 	c.signal(w, start, nil)
+}
+
+// pendingLocked reports whether a writer has something to do. c.mu is held.
+func (c *Client) pendingLocked() bool {
+	return len(c.queue) > 0 || len(c.controls) > 0 || c.closing != nil
 }
 
 // claimWriterLocked reports whether the caller must start the writer. c.mu is held.
@@ -186,7 +191,7 @@ func (c *Client) claimWriterLocked() bool {
 func (c *Client) Idle() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.queue) > 0 || len(c.controls) > 0 || c.closing != nil {
+	if c.pendingLocked() {
 		return false
 	}
 	c.running = false
@@ -217,7 +222,7 @@ func (c *Client) Wake() <-chan struct{} {
 	defer c.mu.Unlock()
 	if c.wake == nil {
 		c.wake = make(chan struct{}, 1)
-		if len(c.queue) > 0 || len(c.controls) > 0 || c.closing != nil {
+		if c.pendingLocked() {
 			c.wake <- struct{}{}
 		}
 	}
