@@ -15,12 +15,13 @@ func TestShippedConfigHasTheSpecDefaults(t *testing.T) {
 	var c config.Config
 	conf.MustLoad("etc/chat-api.yaml", &c)
 	ch := c.Chat
-	if c.Port != 8888 || ch.MaxFrameBytes != 16384 || ch.MaxText != 2000 || ch.MaxRooms != 32 ||
+	if c.Port != 8888 || ch.MaxFrameBytes != 32768 || ch.MaxText != 2000 || ch.MaxRooms != 32 ||
 		ch.RateLimit != 20 || ch.RateBurst != 40 || ch.MaxQueueBytes != 1<<20 || ch.MaxConnections != 100000 ||
 		ch.PingInterval != 25*time.Second || ch.PongTimeout != 60*time.Second ||
 		ch.HistorySize != 200 || ch.HistoryTTL != 24*time.Hour || ch.PresenceTTL != 60*time.Second ||
 		ch.DrainTimeout != 10*time.Second || len(ch.AllowedOrigins) != 0 || ch.ApiKey != "" ||
-		ch.CoalesceWindow != 50*time.Millisecond ||
+		ch.CoalesceWindow != 50*time.Millisecond || ch.MaxUserConnections != 64 || ch.HistoryMaxBytes != 64<<20 ||
+		ch.ReadHeaderTimeout != 10*time.Second || ch.IdleTimeout != 120*time.Second || ch.SendBufferBytes != 64<<10 ||
 		c.Redis.Addr != "" || c.Redis.Prefix != "chat" || c.Redis.DB != 0 || c.Auth.AccessSecret != "" {
 		t.Fatalf("defaults differ from SPEC §5: %+v %+v %+v", c.Chat, c.Redis, c.Auth)
 	}

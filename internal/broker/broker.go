@@ -175,6 +175,11 @@ type Options struct {
 	HistoryTTL  time.Duration
 	PresenceTTL time.Duration
 	KeyTTL      time.Duration // idempotency window
+	// HistoryMaxBytes bounds all rooms' history together, where the
+	// backbone keeps it in process memory (the memory broker): the least
+	// recently used rooms lose theirs first. 0: no bound. Redis bounds its
+	// own memory (maxmemory).
+	HistoryMaxBytes int64
 }
 
 // NewEpoch makes a room sequence's epoch: random, so that a sequence that

@@ -20,22 +20,29 @@ type Config struct {
 
 // ChatConf holds the chat's limits and timings.
 type ChatConf struct {
-	MaxFrameBytes  int           `json:",default=16384"`
-	MaxText        int           `json:",default=2000"`
-	MaxRooms       int           `json:",default=32"`
-	RateLimit      float64       `json:",default=20"`
-	RateBurst      int           `json:",default=40"`
-	MaxQueueBytes  int           `json:",default=1048576"`
-	MaxConnections int           `json:",default=100000"`
-	PingInterval   time.Duration `json:",default=25s"`
-	PongTimeout    time.Duration `json:",default=60s"`
-	HistorySize    int           `json:",default=200"`
-	HistoryTTL     time.Duration `json:",default=24h"`
-	PresenceTTL    time.Duration `json:",default=60s"`
-	DrainTimeout   time.Duration `json:",default=10s"`
-	CoalesceWindow time.Duration `json:",default=50ms"` // least time between two writes to a busy connection
-	AllowedOrigins []string      `json:",optional"`
-	ApiKey         string        `json:",optional,env=CHAT_API_KEY"`
+	// MaxFrameBytes fits the longest valid send in any JSON encoding:
+	// MaxText characters escaped as \uXXXX surrogate pairs, 12 bytes each.
+	MaxFrameBytes      int           `json:",default=32768"`
+	MaxText            int           `json:",default=2000"`
+	MaxRooms           int           `json:",default=32"`
+	RateLimit          float64       `json:",default=20"`
+	RateBurst          int           `json:",default=40"`
+	MaxQueueBytes      int           `json:",default=1048576"`
+	SendBufferBytes    int           `json:",default=65536"` // the socket's send buffer (SO_SNDBUF); 0: the kernel's
+	MaxConnections     int           `json:",default=100000"`
+	MaxUserConnections int           `json:",default=64"` // one user's connections on this replica
+	PingInterval       time.Duration `json:",default=25s"`
+	PongTimeout        time.Duration `json:",default=60s"`
+	ReadHeaderTimeout  time.Duration `json:",default=10s"`  // an HTTP request's headers must arrive within it
+	IdleTimeout        time.Duration `json:",default=120s"` // an idle keep-alive HTTP connection is closed after it
+	HistorySize        int           `json:",default=200"`
+	HistoryTTL         time.Duration `json:",default=24h"`
+	HistoryMaxBytes    int64         `json:",default=67108864"` // all rooms' history in the in-memory broker
+	PresenceTTL        time.Duration `json:",default=60s"`
+	DrainTimeout       time.Duration `json:",default=10s"`
+	CoalesceWindow     time.Duration `json:",default=50ms"` // least time between two writes to a busy connection
+	AllowedOrigins     []string      `json:",optional"`
+	ApiKey             string        `json:",optional,env=CHAT_API_KEY"`
 }
 
 // RedisConf selects the broker: an empty Addr runs one node in memory.

@@ -41,6 +41,8 @@ func newBroker(c config.Config) chat.NewBroker {
 		HistorySize: c.Chat.HistorySize,
 		HistoryTTL:  c.Chat.HistoryTTL,
 		PresenceTTL: c.Chat.PresenceTTL,
+
+		HistoryMaxBytes: c.Chat.HistoryMaxBytes,
 	}
 	return func(node string, h broker.Handler) (broker.Broker, error) {
 		if c.Redis.Addr == "" {
