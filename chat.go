@@ -36,7 +36,7 @@ func main() {
 	defer ctx.Node.Shutdown()
 
 	fmt.Printf("Starting server at %s:%d...\n", c.Host, c.Port)
-	srv.Start()
+	srv.Start() // with the HTTP hardening of SPEC §11 (server.Server)
 }
 
 // applyPortEnv applies CHAT_PORT: RestConf's embedded Port cannot take an

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"io/fs"
 	"net/http"
+	"regexp"
+	"slices"
 
 	"chat/internal/config"
 	"chat/internal/handler"
@@ -21,9 +23,24 @@ import (
 	"github.com/zeromicro/go-zero/rest/httpx"
 )
 
+// Server is go-zero's REST server with the HTTP settings of SPEC §11, which
+// go-zero's config cannot express: Start and StartWithOpts apply them.
+type Server struct {
+	*rest.Server
+	opts []rest.StartOption
+}
+
+// Start serves until the process is told to stop.
+func (s *Server) Start() { s.Server.StartWithOpts(s.opts...) }
+
+// StartWithOpts is Start with more options, applied after the service's own.
+func (s *Server) StartWithOpts(opts ...rest.StartOption) {
+	s.Server.StartWithOpts(append(slices.Clip(s.opts), opts...)...)
+}
+
 // New builds the server and its node. Start it with Start; Stop, or a
 // SIGTERM/SIGINT, drains it.
-func New(c config.Config) (*rest.Server, *svc.ServiceContext, error) {
+func New(c config.Config) (*Server, *svc.ServiceContext, error) {
 	sub, err := fs.Sub(static.Files, ".")
 	if err != nil {
 		return nil, nil, err
@@ -53,7 +70,54 @@ func New(c config.Config) (*rest.Server, *svc.ServiceContext, error) {
 	node := ctx.Node
 	proc.AddWrapUpListener(node.StopAccepting)
 	proc.AddShutdownListener(node.Shutdown)
-	return server, ctx, nil
+	return &Server{Server: server, opts: []rest.StartOption{httpHardening(c.Chat)}}, ctx, nil
+}
+
+// httpHardening sets what an internet-facing HTTP server needs and go-zero
+// leaves unset (SPEC §11). go-zero takes its read and write timeouts from
+// the routes' longest timeout, and /ws has none (its handler returns at
+// once), so without these a client that sends its headers slowly, or not
+// at all, holds a goroutine and a descriptor for ever. Neither timeout
+// touches an upgraded WebSocket: net/http clears the header deadline once
+// the headers are read, and a hijacked connection is never idle to it.
+// The security headers wrap the whole handler, so that they reach the
+// page too (go-zero's file server skips its middlewares) and every error.
+func httpHardening(c config.ChatConf) rest.StartOption {
+	return func(h *http.Server) {
+		h.ReadHeaderTimeout = c.ReadHeaderTimeout
+		h.IdleTimeout = c.IdleTimeout
+		h.Handler = securityHeaders(h.Handler)
+	}
+}
+
+// securityHeaders sets SPEC §11's headers on every response: the page may
+// load only its own files and connect only to its own host (over http(s)
+// and ws(s)), may not be framed, and sends no referrer.
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", contentSecurityPolicy(r.Host))
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// hostPattern is a host[:port] that may be written into a header as is;
+// anything else (a Host header carrying ';' or spaces could add directives)
+// leaves connect-src at 'self'.
+var hostPattern = regexp.MustCompile(`^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$`)
+
+// contentSecurityPolicy names ws: and wss: of the page's host beside
+// 'self', which older browsers do not extend to WebSockets. The icon is a
+// data: URL (index.html), so that the page asks for no favicon.
+func contentSecurityPolicy(host string) string {
+	connect := "'self'"
+	if hostPattern.MatchString(host) {
+		connect += " ws://" + host + " wss://" + host
+	}
+	return "default-src 'self'; connect-src " + connect + "; img-src 'self' data:; " +
+		"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 }
 
 // errorBody maps errors to SPEC §7's {"code","message"} and HTTP status.
