@@ -87,7 +87,9 @@ func CheckRoom(name string) error {
 }
 
 // NormalizeName trims a display name and checks it: 1..32 code points, no
-// control characters, not the reserved "system".
+// control characters, no format characters (Unicode category Cf: zero-width
+// spaces and joiners, bidi overrides, which let one name pass for another),
+// not the reserved "system".
 func NormalizeName(name string) (string, error) {
 	name = strings.TrimSpace(name)
 	n := utf8.RuneCountInString(name)
@@ -98,11 +100,15 @@ func NormalizeName(name string) (string, error) {
 		return "", Errorf(CodeBadRequest, "name must be 1 to %d characters", MaxNameChars)
 	case strings.IndexFunc(name, unicode.IsControl) >= 0:
 		return "", Errorf(CodeBadRequest, "name must not contain control characters")
+	case strings.IndexFunc(name, isFormat) >= 0:
+		return "", Errorf(CodeBadRequest, "name must not contain invisible format characters (zero-width, bidi)")
 	case strings.EqualFold(name, SystemUser):
 		return "", Errorf(CodeBadRequest, "name %q is reserved", SystemUser)
 	}
 	return name, nil
 }
+
+func isFormat(r rune) bool { return unicode.Is(unicode.Cf, r) }
 
 // CheckText validates a message text against maxChars code points. The text
 // is kept exactly as sent (newlines included); only the emptiness test trims.

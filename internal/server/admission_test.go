@@ -126,6 +126,14 @@ func TestWSRefusesABadNameBeforeTheUpgrade(t *testing.T) {
 		{"reserved SYSTEM", "SYSTEM"},
 		{"reserved System padded", "  System "},
 		{"invalid UTF-8", "bob\xff"},
+		{"zero-width space alone", "\u200b"},
+		{"zero-width space inside", "al\u200bice"},
+		{"zero-width joiner", "bob\u200d"},
+		{"right-to-left override", "\u202egnp.exe"},
+		{"left-to-right isolate", "\u2066bob"},
+		{"byte order mark", "\ufeffbob"},
+		{"soft hyphen", "al\u00adice"},
+		{"tag character", "bob\U000E0041"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dialRefused(t, wsURL(s, url.Values{"name": {tc.raw}}), nil, http.StatusBadRequest, protocol.CodeBadRequest)

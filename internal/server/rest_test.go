@@ -334,13 +334,29 @@ func TestRoomMessagesPagesHistoryOldestFirst(t *testing.T) {
 	}
 }
 
+// limit=0 is the default page (SPEC §11), like no limit at all.
+func TestRoomMessagesLimitZeroIsTheDefaultPage(t *testing.T) {
+	s := chattest.Start(t, fast)
+	alice := s.DialName(t, "alice")
+	alice.Join("lobby")
+	for i := 1; i <= 60; i++ {
+		alice.Say("lobby", "m"+chattest.Itoa(i))
+	}
+	for _, query := range []string{"", "?limit=0", "?limit=0&before=61"} {
+		var got messagesResp
+		call(t, s, http.MethodGet, "/api/rooms/lobby/messages"+query, "", nil).ok(t, &got)
+		if n := len(got.Messages); n != 50 || got.Messages[0].Seq != 11 || got.Messages[n-1].Seq != 60 {
+			t.Fatalf("%q: %d messages, want seqs 11..60", query, n)
+		}
+	}
+}
+
 func TestRoomMessagesRefusesALimitOutside1To100(t *testing.T) {
 	s := chattest.Start(t)
 	cases := []struct{ name, query string }{
 		{"101", "?limit=101"},
 		{"negative", "?limit=-1"},
 		{"not a number", "?limit=many"},
-		{"zero", "?limit=0"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -504,6 +520,8 @@ func TestPostRoomMessageRefusesBadInput(t *testing.T) {
 		{"from reserved in another case", map[string]any{"text": "hi", "from": "System"}, http.StatusBadRequest, protocol.CodeBadRequest},
 		{"from with a control character", map[string]any{"text": "hi", "from": "b\x00t"}, http.StatusBadRequest, protocol.CodeBadRequest},
 		{"from too long", map[string]any{"text": "hi", "from": strings.Repeat("x", 33)}, http.StatusBadRequest, protocol.CodeBadRequest},
+		{"from with a zero-width space", map[string]any{"text": "hi", "from": "sys\u200btem"}, http.StatusBadRequest, protocol.CodeBadRequest},
+		{"from with a bidi override", map[string]any{"text": "hi", "from": "\u202enimda"}, http.StatusBadRequest, protocol.CodeBadRequest},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
