@@ -21,7 +21,7 @@ type command struct {
 	To     string          `json:"to"`
 	Since  *position       `json:"since"`
 	Before int64           `json:"before"`
-	Limit  *int            `json:"limit"` // nil: the default page
+	Limit  int             `json:"limit"` // 0 (or absent): the default page
 }
 
 type position struct {
@@ -118,11 +118,7 @@ func (c *Conn) handleCommand(line []byte) {
 		result, err = c.typing(ctx, &cmd)
 	case "history":
 		var msgs []protocol.Message
-		limit := defaultHistory
-		if cmd.Limit != nil {
-			limit = *cmd.Limit
-		}
-		msgs, err = c.node.History(ctx, cmd.Room, cmd.Before, limit)
+		msgs, err = c.node.History(ctx, cmd.Room, cmd.Before, cmd.Limit)
 		result = historyResult{Room: cmd.Room, Messages: msgs}
 	case "members":
 		var members []protocol.Member

@@ -128,13 +128,17 @@ func (n *Node) Publish(ctx context.Context, room, from, text, key string) (proto
 	return msg, nil
 }
 
-// History reads a page of a room's history: limit 1..100, before a seq (0: none).
+// History reads a page of a room's history: limit 1..100 (0: the default
+// page), before a seq (0: none).
 func (n *Node) History(ctx context.Context, room string, before int64, limit int) ([]protocol.Message, error) {
 	if err := protocol.CheckRoom(room); err != nil {
 		return nil, err
 	}
+	if limit == 0 {
+		limit = defaultHistory
+	}
 	if limit < 1 || limit > maxHistoryPage {
-		return nil, protocol.Errorf(protocol.CodeBadRequest, "limit must be 1 to %d", maxHistoryPage)
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "limit must be 1 to %d, or 0 for %d", maxHistoryPage, defaultHistory)
 	}
 	if before < 0 {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "before must be a seq")

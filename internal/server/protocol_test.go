@@ -302,6 +302,10 @@ func TestHistoryCommand(t *testing.T) {
 	if h.Room != "r" || len(h.Messages) != 50 || h.Messages[0].Seq != 71 || h.Messages[49].Seq != 120 {
 		t.Fatalf("default page: %d messages", len(h.Messages))
 	}
+	c.OK("history", map[string]any{"room": "r", "limit": 0}, &h) // 0 is the default page (SPEC §11)
+	if len(h.Messages) != 50 || h.Messages[0].Seq != 71 || h.Messages[49].Seq != 120 {
+		t.Fatalf("limit 0: %d messages", len(h.Messages))
+	}
 	c.OK("history", map[string]any{"room": "r", "before": 71, "limit": 100}, &h)
 	if len(h.Messages) != 70 || h.Messages[0].Seq != 1 || h.Messages[69].Seq != 70 {
 		t.Fatalf("before page: %d messages", len(h.Messages))

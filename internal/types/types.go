@@ -49,7 +49,7 @@ type Message struct {
 type MessagesReq struct {
 	Room   string `path:"room"`
 	Before int64  `form:"before,optional"`
-	Limit  int    `form:"limit,default=50,range=[1:100]"`
+	Limit  int    `form:"limit,default=50,range=[0:100]"` // 0: the default
 }
 
 type MessagesResp struct {
