@@ -81,15 +81,14 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	if n.admitted.Add(1) > int64(n.cfg.MaxConnections) {
-		n.admitted.Add(-1)
-		WriteError(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "too many connections")
+	if refusal := n.admit(user); refusal != "" {
+		WriteError(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, refusal)
 		return
 	}
 	hijacker := &readerHijacker{ResponseWriter: w}
 	ws, err := upgrader.Upgrade(hijacker, r, nil)
 	if err != nil {
-		n.admitted.Add(-1)
+		n.release(user)
 		return // the upgrader answered
 	}
 	seq := n.nextID.Add(1)
@@ -115,6 +114,33 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 	n.wg.Add(1)
 	c.pinger = time.AfterFunc(n.cfg.PingInterval, c.ping)
 	go c.readPump() // it hands the connection to the flushers once the welcome is queued
+}
+
+// admit counts a connection of user against Chat.MaxConnections and
+// Chat.MaxUserConnections (0: no cap per user), or says why it is refused;
+// release gives the place back.
+func (n *Node) admit(user string) (refusal string) {
+	if n.admitted.Add(1) > int64(n.cfg.MaxConnections) {
+		n.admitted.Add(-1)
+		return "too many connections"
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if limit := n.cfg.MaxUserConnections; limit > 0 && n.userConns[user] >= limit {
+		n.admitted.Add(-1)
+		return "too many connections for this user"
+	}
+	n.userConns[user]++
+	return ""
+}
+
+func (n *Node) release(user string) {
+	n.mu.Lock()
+	if n.userConns[user]--; n.userConns[user] <= 0 {
+		delete(n.userConns, user)
+	}
+	n.mu.Unlock()
+	n.admitted.Add(-1)
 }
 
 // rawConn is the socket under conn, for writes that must not block; nil

@@ -238,7 +238,7 @@ func (c *Conn) cleanup() {
 	n.mu.Lock()
 	delete(n.conns, c)
 	n.mu.Unlock()
-	n.admitted.Add(-1)
+	n.release(c.client.User)
 	n.wg.Done()
 }
 

@@ -43,9 +43,10 @@ type Node struct {
 	draining atomic.Bool
 	shutdown sync.Once
 
-	mu    sync.Mutex
-	conns map[*Conn]struct{} // live connections, for the shutdown deadline
-	wg    sync.WaitGroup     // one per live connection
+	mu        sync.Mutex
+	conns     map[*Conn]struct{} // live connections, for the shutdown deadline
+	userConns map[string]int     // admitted connections per user, for Chat.MaxUserConnections
+	wg        sync.WaitGroup     // one per live connection
 
 	flushers []*flusher // write the connections (writer.go); one per CPU
 }
@@ -70,6 +71,8 @@ func NewNode(cfg config.ChatConf, newBroker NewBroker) (*Node, error) {
 		subs:    newSubscriptions(b),
 		started: time.Now(),
 		conns:   make(map[*Conn]struct{}),
+
+		userConns: make(map[string]int),
 	}
 	for range runtime.GOMAXPROCS(0) {
 		n.flushers = append(n.flushers, newFlusher(cfg.CoalesceWindow))

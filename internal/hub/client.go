@@ -29,6 +29,7 @@ type Client struct {
 	slow *atomic.Int64 // the Hub's slow-consumer counter
 
 	// Owned by the Hub's loop.
+	userAt       int                 // its place in Hub.users[User]
 	rooms        map[string]struct{} // the rooms the Hub has it in
 	staged       [][]byte            // events for it not yet handed to its queue
 	stagedUrgent bool                // staged holds a reply

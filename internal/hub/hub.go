@@ -6,7 +6,6 @@ package hub
 
 import (
 	"errors"
-	"slices"
 	"sync/atomic"
 
 	"chat/internal/broker"
@@ -30,7 +29,7 @@ type Hub struct {
 
 	// Owned by the loop.
 	clients map[*Client]struct{}
-	users   map[string][]*Client // a user's connections: few, so a slice, not a map
+	users   map[string][]*Client // a user's connections; Client.userAt is each one's place
 	rooms   map[string]*room
 	dirty   []*Client // clients with staged events
 
@@ -287,6 +286,7 @@ func (h *Hub) Running() bool {
 
 func (h *Hub) addClient(c *Client) {
 	h.clients[c] = struct{}{}
+	c.userAt = len(h.users[c.User])
 	h.users[c.User] = append(h.users[c.User], c)
 	h.connections.Store(int64(len(h.clients)))
 }
@@ -296,17 +296,29 @@ func (h *Hub) removeClient(c *Client) {
 		return
 	}
 	delete(h.clients, c)
-	if set := slices.DeleteFunc(h.users[c.User], func(o *Client) bool { return o == c }); len(set) > 0 {
-		h.users[c.User] = set
-	} else {
-		delete(h.users, c.User)
-	}
+	h.removeUserConn(c)
 	for name := range c.rooms {
 		if r := h.rooms[name]; r != nil {
 			h.removeMember(name, r, c)
 		}
 	}
 	h.connections.Store(int64(len(h.clients)))
+}
+
+// removeUserConn takes c out of its user's connections in O(1), moving
+// the last one into its place (SPEC §11: no per-user step may grow with
+// the user's connection count).
+func (h *Hub) removeUserConn(c *Client) {
+	conns := h.users[c.User]
+	last := len(conns) - 1
+	if last == 0 {
+		delete(h.users, c.User)
+		return
+	}
+	conns[c.userAt] = conns[last]
+	conns[c.userAt].userAt = c.userAt
+	conns[last] = nil
+	h.users[c.User] = conns[:last]
 }
 
 func (h *Hub) removeMember(name string, r *room, c *Client) {

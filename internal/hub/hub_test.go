@@ -36,6 +36,45 @@ func TestUnregisterRemovesTheClient(t *testing.T) {
 	}
 }
 
+// A user's connections are kept with their places (O(1) removal): any of
+// them can go, in any order, and a user event still reaches exactly the
+// ones that stay.
+func TestUnregisterInAnyOrderKeepsTheUsersOtherConnections(t *testing.T) {
+	h := newHub(t)
+	var conns []*probe
+	for i := range 6 {
+		conns = append(conns, register(t, h, fmt.Sprintf("a%d", i), "alice"))
+	}
+	stays := map[*probe]bool{}
+	for _, c := range conns {
+		stays[c] = true
+	}
+	for _, gone := range []int{2, 5, 0} { // middle, last, first
+		h.Unregister(conns[gone].Client)
+		stays[conns[gone]] = false
+		want := int64(len(live(stays)))
+		eventually(t, "the unregister", func() bool { return h.Stats().Connections == want })
+		h.Deliver(broker.Delivery{Kind: broker.KindEvent, Topic: broker.User("alice"), Payload: []byte(`{"type":"direct"}`)})
+		for c, live := range stays {
+			if live {
+				c.next(t, 1)
+			} else if got := c.rest(t); len(got) != 0 {
+				t.Fatalf("unregistered %s received %v", c.ID, got)
+			}
+		}
+	}
+}
+
+func live(stays map[*probe]bool) []*probe {
+	var out []*probe
+	for c, ok := range stays {
+		if ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 func TestUnregisterLeavesEveryRoom(t *testing.T) {
 	h := newHub(t)
 	c := register(t, h, "c1", "alice")

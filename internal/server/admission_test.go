@@ -314,6 +314,28 @@ func TestWSMaxConnectionsFreesASlotWhenAConnectionCloses(t *testing.T) {
 	dialRefused(t, wsURL(s, url.Values{"name": {"dave"}}), nil, http.StatusServiceUnavailable, protocol.CodeUnavailable)
 }
 
+// One user may hold Chat.MaxUserConnections connections on a replica;
+// the next is refused before the upgrade, others are not, and a closed
+// connection gives its place back.
+func TestWSMaxUserConnectionsRefusesTheUsersNextWith503(t *testing.T) {
+	s := chattest.Start(t, func(c *config.Config) { c.Chat.MaxUserConnections = 3 })
+	var alice []*chattest.Client
+	for range 3 {
+		alice = append(alice, s.DialName(t, "alice"))
+	}
+	e := dialRefused(t, wsURL(s, url.Values{"name": {"alice"}}), nil, http.StatusServiceUnavailable, protocol.CodeUnavailable)
+	if e.Message != "too many connections for this user" {
+		t.Fatalf("message %q", e.Message)
+	}
+	s.DialName(t, "bob") // another user is not affected
+	_ = alice[1].WS.Close()
+	eventually(t, "alice's place after one of hers closed", func() bool {
+		_, _, err := chattest.DialURL(t, wsURL(s, url.Values{"name": {"alice"}}), nil)
+		return err == nil
+	})
+	dialRefused(t, wsURL(s, url.Values{"name": {"alice"}}), nil, http.StatusServiceUnavailable, protocol.CodeUnavailable)
+}
+
 func TestWSWelcomeHasADistinctClientIDAndTheNodeID(t *testing.T) {
 	s := chattest.Start(t)
 	conns := []*chattest.Client{s.DialName(t, "alice"), s.DialName(t, "alice"), s.DialName(t, "bob")}
