@@ -91,6 +91,13 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 		n.release(user)
 		return // the upgrader answered
 	}
+	// A bounded send buffer makes Chat.MaxQueueBytes the real bound on
+	// what a reader that stalls can pin: the kernel's autotuning would let
+	// it hold megabytes more (SPEC §11).
+	tcp, _ := hijacker.conn.Conn.(*net.TCPConn)
+	if tcp != nil && n.cfg.SendBufferBytes > 0 {
+		_ = tcp.SetWriteBuffer(n.cfg.SendBufferBytes)
+	}
 	seq := n.nextID.Add(1)
 	id := n.idFor(seq)
 	c := &Conn{
@@ -103,6 +110,7 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 		readDone:  make(chan struct{}),
 		writeDone: make(chan struct{}),
 		flusher:   n.flushers[seq%uint64(len(n.flushers))],
+		tcp:       tcp,
 		raw:       rawConn(hijacker.conn.Conn),
 		handshake: hijacker.conn.take(),
 		timedAt:   -1,

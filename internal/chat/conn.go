@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -51,6 +52,7 @@ type Conn struct {
 
 	// The writer's (see writer.go).
 	flusher   *flusher
+	tcp       *net.TCPConn    // the socket, for its options; nil: none (TLS)
 	raw       syscall.RawConn // the socket, for writes that must not block; nil: none (TLS)
 	handshake []byte          // the upgrade's response, sent ahead of the first frame (heldConn)
 	hurried   atomic.Bool     // a reply or a frame's worth waits: write without coalescing

@@ -316,6 +316,7 @@ func (n *Node) drain() {
 	case <-time.After(n.cfg.DrainTimeout):
 		n.mu.Lock()
 		for c := range n.conns {
+			c.reset() // what a stalled reader was not sent goes with the socket
 			_ = c.ws.Close()
 		}
 		n.mu.Unlock()

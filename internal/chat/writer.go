@@ -237,8 +237,7 @@ func (f *flusher) write(c *Conn, now int64) {
 		c.lastWrite = now
 		n, err := c.writeNow(f.raw, f.buf)
 		if err != nil {
-			c.client.Close(hub.CloseRequest{}) // the peer is gone: no writer starts again
-			c.finish()
+			c.abort() // the peer is gone
 			return
 		}
 		if n < len(f.buf) {
@@ -273,8 +272,7 @@ func (c *Conn) take(dst []byte) ([]byte, *hub.CloseRequest) {
 func (c *Conn) recoverWriter() {
 	if p := recover(); p != nil {
 		logx.Errorf("connection %s: writer panic: %v", c.client.ID, p)
-		c.client.Close(hub.CloseRequest{})
-		c.finish()
+		c.abort()
 	}
 }
 
@@ -360,8 +358,7 @@ func (c *Conn) writeOn(pending []byte) {
 		if len(pending) > 0 {
 			_ = conn.SetWriteDeadline(time.Now().Add(writeWait))
 			if _, err := conn.Write(pending); err != nil {
-				c.client.Close(hub.CloseRequest{})
-				c.finish()
+				c.abort() // gone, or not reading for writeWait
 				return
 			}
 			c.lastWrite = clock()
@@ -384,7 +381,11 @@ func (c *Conn) writeOn(pending []byte) {
 }
 
 // writeClose sends the close frame and waits briefly for the peer's
-// answer, so that the peer reads the code before the socket goes.
+// answer, so that the peer reads the code before the socket goes. A peer
+// that does not answer may have stopped reading (a slow consumer): the
+// close frame then sits behind unread data in the kernel, and a plain close
+// would leave the socket holding it in FIN-WAIT-1 for minutes. So the frame
+// gets writeWait to reach the peer, and the socket is reset past it (SPEC §11).
 func (c *Conn) writeClose(conn net.Conn, req *hub.CloseRequest) {
 	if req.Code == 0 {
 		return
@@ -393,13 +394,52 @@ func (c *Conn) writeClose(conn net.Conn, req *hub.CloseRequest) {
 	if len(payload) > maxControlPayload {
 		payload = payload[:maxControlPayload]
 	}
-	_ = conn.SetWriteDeadline(time.Now().Add(writeWait))
+	deadline := time.Now().Add(writeWait)
+	_ = conn.SetWriteDeadline(deadline)
 	if _, err := conn.Write(appendFrame(nil, opClose, payload)); err != nil {
+		c.abort()
 		return
 	}
 	select {
 	case <-c.readDone:
+		return
 	case <-time.After(closeGrace):
+	}
+	if !c.delivered(deadline) {
+		c.abort()
+	}
+}
+
+// delivered waits until the peer has acknowledged everything written to
+// the socket, and reports whether it did by the deadline. Where the kernel
+// cannot tell (TLS, not Linux) it reports true: the socket is closed as usual.
+func (c *Conn) delivered(deadline time.Time) bool {
+	for {
+		n, ok := unacked(c.raw)
+		if !ok || n == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// abort ends the connection at once: the Hub stops queueing for it and the
+// socket is reset (RST), so the kernel drops whatever it still holds for a
+// peer that is gone or no longer reads.
+func (c *Conn) abort() {
+	c.client.Close(hub.CloseRequest{})
+	c.reset()
+	c.finish()
+}
+
+// reset makes the next close of the socket a reset: nothing written and
+// unsent outlives it.
+func (c *Conn) reset() {
+	if c.tcp != nil {
+		_ = c.tcp.SetLinger(0)
 	}
 }
 
