@@ -20,17 +20,58 @@ type Backend struct {
 
 	mu    sync.Mutex // guards everything below; held while a publication is handed to nodes, which keeps seq order
 	rooms map[string]*room
-	nodes map[*node]struct{}
-	conns map[string]broker.Conn            // by client id
-	joins map[string]map[string]broker.Conn // room -> client id -> conn
+	// oldest and newest end the list of rooms by last use (a publish or a
+	// history read). Every use also sets the room's expiry to now plus
+	// HistoryTTL, so the list is in expiry order too: expired rooms and
+	// rooms evicted for HistoryMaxBytes both leave from the oldest end,
+	// and neither needs a walk over every room.
+	oldest, newest *room
+	historyBytes   int64 // the estimate of every room in rooms: the sum of their bytes
+	nodes          map[*node]struct{}
+	conns          map[string]broker.Conn            // by client id
+	userConns      map[string]int                    // user -> its connections in conns, so counting them walks nothing
+	joins          map[string]map[string]broker.Conn // room -> client id -> conn
+}
+
+// The history bound (HistoryMaxBytes) counts an estimate, not the heap: a
+// message costs the bytes of its strings (room, epoch, id, from, text; the
+// room and epoch are often shared with the room's other messages, and
+// counting them anyway errs towards the bound) plus messageOverhead, and a
+// room costs its name and epoch plus roomOverhead. A message counts from its
+// publish until it is trimmed, expires with its room or is evicted with it,
+// the ones held for the next trim (up to HistorySize more than a reader
+// sees) included. Idempotency keys are not counted: they share their
+// message's strings, and the KeyTTL window bounds them.
+const (
+	// messageOverhead is a history message's cost beyond its strings: the
+	// protocol.Message in the history slice (six string headers and two
+	// int64s, 112 bytes on 64-bit) and its share of the slice's spare room.
+	messageOverhead = 160
+	// roomOverhead is a room's fixed cost: the room, its entry in the
+	// rooms map and its empty key map.
+	roomOverhead = 256
+)
+
+// messageBytes is the estimate of what m costs in history.
+func messageBytes(m protocol.Message) int64 {
+	return messageOverhead + int64(len(m.Room)+len(m.Epoch)+len(m.ID)+len(m.From)+len(m.Text))
+}
+
+// roomBytes is the estimate of what a room costs without messages.
+func roomBytes(name, epoch string) int64 {
+	return roomOverhead + int64(len(name)+len(epoch))
 }
 
 type room struct {
+	name    string
 	epoch   string
 	seq     int64
 	history []protocol.Message // oldest first; the last HistorySize are kept (kept), and up to as many older wait to be trimmed
 	expires time.Time          // history, seq and epoch go together after HistoryTTL idle
 	keys    map[string]keyEntry
+	bytes   int64 // the estimate of the room and every message in history
+
+	older, newer *room // neighbours in the Backend's list by last use
 }
 
 type keyEntry struct {
@@ -41,12 +82,13 @@ type keyEntry struct {
 // NewBackend makes an empty backend.
 func NewBackend(opts broker.Options) *Backend {
 	return &Backend{
-		opts:  opts.WithDefaults(),
-		now:   time.Now,
-		rooms: make(map[string]*room),
-		nodes: make(map[*node]struct{}),
-		conns: make(map[string]broker.Conn),
-		joins: make(map[string]map[string]broker.Conn),
+		opts:      opts.WithDefaults(),
+		now:       time.Now,
+		rooms:     make(map[string]*room),
+		nodes:     make(map[*node]struct{}),
+		conns:     make(map[string]broker.Conn),
+		userConns: make(map[string]int),
+		joins:     make(map[string]map[string]broker.Conn),
 	}
 }
 
@@ -68,16 +110,105 @@ type node struct {
 }
 
 // roomLocked returns the room's live state, starting a new epoch when it
-// has none or its history expired. b.mu is held.
+// has none: a new room, or one whose history expired or was evicted. It
+// counts as a use of the room. b.mu is held.
 func (b *Backend) roomLocked(name string) *room {
 	now := b.now()
+	b.expireLocked(now)
 	r := b.rooms[name]
-	if r == nil || now.After(r.expires) {
-		r = &room{epoch: broker.NewEpoch(), keys: make(map[string]keyEntry)}
+	if r == nil {
+		epoch := broker.NewEpoch()
+		r = &room{name: name, epoch: epoch, keys: make(map[string]keyEntry), bytes: roomBytes(name, epoch)}
 		b.rooms[name] = r
+		b.historyBytes += r.bytes
+	} else {
+		b.unlinkLocked(r)
 	}
+	b.linkNewestLocked(r)
 	r.expires = now.Add(b.opts.HistoryTTL)
+	b.boundLocked(r)
 	return r
+}
+
+// expireLocked drops every room whose history expired. They are the least
+// recently used, so it stops at the first live room: O(1) per call, plus
+// O(1) per room dropped.
+func (b *Backend) expireLocked(now time.Time) {
+	for b.oldest != nil && now.After(b.oldest.expires) {
+		b.dropLocked(b.oldest)
+	}
+}
+
+// boundLocked brings the history under HistoryMaxBytes after room r, the
+// most recently used, grew. A room that alone is over the bound loses its
+// oldest messages first, down to the last one (an acknowledged seq stays in
+// history until another replaces it), since dropping other rooms could not
+// make it fit; a client recovering from a seq before what is left is told
+// recovered: false, as after a trim at HistorySize. Then the least recently
+// used other rooms go whole, never r: a room is dropped with its history,
+// seq, epoch and idempotency keys together, so that its next use starts a
+// new epoch at seq 1, as after HistoryTTL, and no client can recover across
+// the loss. (A key kept across it would answer a retry with a message of
+// the lost epoch.)
+func (b *Backend) boundLocked(r *room) {
+	limit := b.opts.HistoryMaxBytes
+	if limit <= 0 || b.historyBytes <= limit {
+		return
+	}
+	for r.bytes > limit && len(r.history) > 1 {
+		b.trimLocked(r, 1)
+	}
+	for b.historyBytes > limit && b.oldest != r {
+		b.dropLocked(b.oldest)
+	}
+}
+
+// trimLocked drops r's n oldest messages. It reslices rather than copies,
+// so that dropping one message at a time stays O(1); the next append that
+// outgrows the slice leaves the dropped slots behind.
+func (b *Backend) trimLocked(r *room, n int) {
+	for i := range r.history[:n] {
+		b.accountLocked(r, -messageBytes(r.history[i]))
+	}
+	clear(r.history[:n])
+	r.history = r.history[n:]
+}
+
+// accountLocked adds delta bytes to r and to the total.
+func (b *Backend) accountLocked(r *room, delta int64) {
+	r.bytes += delta
+	b.historyBytes += delta
+}
+
+// dropLocked forgets r: history, seq, epoch and keys.
+func (b *Backend) dropLocked(r *room) {
+	b.unlinkLocked(r)
+	delete(b.rooms, r.name)
+	b.historyBytes -= r.bytes
+}
+
+func (b *Backend) unlinkLocked(r *room) {
+	if r.older != nil {
+		r.older.newer = r.newer
+	} else {
+		b.oldest = r.newer
+	}
+	if r.newer != nil {
+		r.newer.older = r.older
+	} else {
+		b.newest = r.older
+	}
+	r.older, r.newer = nil, nil
+}
+
+func (b *Backend) linkNewestLocked(r *room) {
+	r.older = b.newest
+	if b.newest != nil {
+		b.newest.newer = r
+	} else {
+		b.oldest = r
+	}
+	b.newest = r
 }
 
 // deliverLocked hands d to every node subscribed to its topic. b.mu is held,
@@ -113,13 +244,18 @@ func (n *node) Publish(ctx context.Context, p broker.Publication) (protocol.Mess
 		ID: p.ID, From: p.From, Text: p.Text, TS: now.UnixMilli(),
 	}
 	r.history = append(r.history, msg)
+	b.accountLocked(r, messageBytes(msg))
 	// Trimmed once it holds twice what is kept, not at every message: a
 	// copy of the whole history per publish was most of the node's garbage.
 	if size := b.opts.HistorySize; len(r.history) >= 2*size {
+		for _, m := range r.history[:len(r.history)-size] {
+			b.accountLocked(r, -messageBytes(m))
+		}
 		n := copy(r.history, r.history[len(r.history)-size:])
 		clear(r.history[n:])
 		r.history = r.history[:n]
 	}
+	b.boundLocked(r)
 	if p.Key != "" {
 		for id, k := range r.keys { // keep the key map bounded by the window
 			if now.After(k.expires) {
@@ -188,7 +324,11 @@ func (n *node) Connect(ctx context.Context, c broker.Conn) error {
 	b := n.backend
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if old, ok := b.conns[c.Client]; ok {
+		b.uncountLocked(old.User)
+	}
 	b.conns[c.Client] = c
+	b.userConns[c.User]++
 	if n.conns == nil {
 		n.conns = make(map[string]struct{})
 	}
@@ -206,12 +346,21 @@ func (n *node) Disconnect(ctx context.Context, c broker.Conn) error {
 }
 
 func (b *Backend) removeConnLocked(client string) {
-	delete(b.conns, client)
+	if c, ok := b.conns[client]; ok {
+		b.uncountLocked(c.User)
+		delete(b.conns, client)
+	}
 	for name, members := range b.joins {
 		delete(members, client)
 		if len(members) == 0 {
 			delete(b.joins, name)
 		}
+	}
+}
+
+func (b *Backend) uncountLocked(user string) {
+	if b.userConns[user]--; b.userConns[user] <= 0 {
+		delete(b.userConns, user)
 	}
 }
 
@@ -282,13 +431,7 @@ func (n *node) UserConnections(ctx context.Context, user string) (int, error) {
 	b := n.backend
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	count := 0
-	for _, c := range b.conns {
-		if c.User == user {
-			count++
-		}
-	}
-	return count, ctx.Err()
+	return b.userConns[user], ctx.Err()
 }
 
 func (n *node) Ping(ctx context.Context) error { return ctx.Err() }
