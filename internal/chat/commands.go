@@ -11,24 +11,6 @@ import (
 	"chat/internal/protocol"
 )
 
-// command is any client command; each type reads the fields it needs.
-type command struct {
-	Type   string          `json:"type"`
-	ID     json.RawMessage `json:"id"`
-	Room   string          `json:"room"`
-	Text   string          `json:"text"`
-	Key    string          `json:"key"`
-	To     string          `json:"to"`
-	Since  *position       `json:"since"`
-	Before int64           `json:"before"`
-	Limit  int             `json:"limit"` // 0 (or absent): the default page
-}
-
-type position struct {
-	Epoch string `json:"epoch"`
-	Seq   int64  `json:"seq"`
-}
-
 type joinResult struct {
 	Room      string             `json:"room"`
 	Epoch     string             `json:"epoch"`
@@ -75,20 +57,9 @@ type roomsResult struct {
 // handleCommand parses, rate-limits and runs one command and answers it: a
 // reply when it has an id, an error event when it failed without one.
 func (c *Conn) handleCommand(line []byte) {
-	var cmd command
-	if err := json.Unmarshal(line, &cmd); err != nil {
-		// A field of the wrong type still leaves the id readable: answer it.
-		var head struct {
-			ID json.RawMessage `json:"id"`
-		}
-		if json.Unmarshal(line, &head) != nil || !validID(head.ID) {
-			head.ID = nil
-		}
-		c.answer(head.ID, nil, protocol.Errorf(protocol.CodeBadRequest, "invalid command: %v", err))
-		return
-	}
-	if !validID(cmd.ID) {
-		c.answer(nil, nil, protocol.Errorf(protocol.CodeBadRequest, "id must be a string or a number"))
+	cmd, perr := protocol.DecodeCommand(line)
+	if perr != nil {
+		c.answer(cmd.ID, nil, perr)
 		return
 	}
 	if !c.limiter.allow(time.Now()) {
@@ -134,17 +105,6 @@ func (c *Conn) handleCommand(line []byte) {
 	c.answer(cmd.ID, result, err)
 }
 
-func validID(id json.RawMessage) bool {
-	if len(id) == 0 {
-		return true
-	}
-	switch id[0] {
-	case '"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
-		return true
-	}
-	return false // null, objects, arrays and booleans are not ids
-}
-
 // encodeReply encodes the answer to a command: nil when there is nothing to
 // send (a success without id).
 func encodeReply(id json.RawMessage, result any, err error) []byte {
@@ -183,7 +143,7 @@ func (c *Conn) memberOf(room string) error {
 // join adds the connection to a room. The node subscribes to the room
 // before reading its history, so nothing published after the read is
 // missed; the Hub then delivers only what the reply did not hold.
-func (c *Conn) join(ctx context.Context, cmd *command) error {
+func (c *Conn) join(ctx context.Context, cmd *protocol.Command) error {
 	room := cmd.Room
 	if err := protocol.CheckRoom(room); err != nil {
 		return err
@@ -221,7 +181,7 @@ func (c *Conn) join(ctx context.Context, cmd *command) error {
 
 // joinHub reads the history and hands the reply to the Hub, again if the Hub
 // delivered messages newer than the read in the meantime.
-func (c *Conn) joinHub(ctx context.Context, cmd *command) error {
+func (c *Conn) joinHub(ctx context.Context, cmd *protocol.Command) error {
 	n := c.node
 	for attempt := 0; ; attempt++ {
 		h, err := n.broker.History(ctx, cmd.Room, broker.HistoryQuery{})
@@ -250,7 +210,7 @@ func (c *Conn) joinHub(ctx context.Context, cmd *command) error {
 
 // recoverSince picks the join reply's history: exactly the messages after
 // since when they are all still kept in the same epoch, else the latest.
-func recoverSince(since *position, h broker.History) ([]protocol.Message, bool) {
+func recoverSince(since *protocol.Position, h broker.History) ([]protocol.Message, bool) {
 	if since != nil && since.Epoch == h.Epoch && since.Seq >= 0 && since.Seq <= h.Seq {
 		var missed []protocol.Message
 		for _, m := range h.Messages {
@@ -269,7 +229,7 @@ func recoverSince(since *position, h broker.History) ([]protocol.Message, bool) 
 	return nonNil(latest), false
 }
 
-func (c *Conn) leave(ctx context.Context, cmd *command) error {
+func (c *Conn) leave(ctx context.Context, cmd *protocol.Command) error {
 	if err := c.memberOf(cmd.Room); err != nil {
 		return err
 	}
@@ -302,7 +262,7 @@ func (c *Conn) emitPresence(ctx context.Context, kind, room string) {
 	}
 }
 
-func (c *Conn) send(ctx context.Context, cmd *command) (any, error) {
+func (c *Conn) send(ctx context.Context, cmd *protocol.Command) (any, error) {
 	if err := c.memberOf(cmd.Room); err != nil {
 		return nil, err
 	}
@@ -316,7 +276,7 @@ func (c *Conn) send(ctx context.Context, cmd *command) (any, error) {
 	return sendResult{Room: msg.Room, Seq: msg.Seq, TS: msg.TS}, nil
 }
 
-func (c *Conn) direct(ctx context.Context, cmd *command) (any, error) {
+func (c *Conn) direct(ctx context.Context, cmd *protocol.Command) (any, error) {
 	to, err := protocol.NormalizeName(cmd.To)
 	if err != nil {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "to: %s", protocol.AsError(err).Message)
@@ -328,7 +288,7 @@ func (c *Conn) direct(ctx context.Context, cmd *command) (any, error) {
 	return directResult{To: to, TS: d.TS}, nil
 }
 
-func (c *Conn) typing(ctx context.Context, cmd *command) (any, error) {
+func (c *Conn) typing(ctx context.Context, cmd *protocol.Command) (any, error) {
 	if err := c.memberOf(cmd.Room); err != nil {
 		return nil, err
 	}

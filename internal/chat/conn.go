@@ -2,7 +2,6 @@ package chat
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"net"
 	"sync"
@@ -264,15 +263,7 @@ func (c *Conn) finish() {
 
 // handleFrame runs each newline-separated command of a frame in order.
 func (c *Conn) handleFrame(data []byte) {
-	for len(data) > 0 {
-		line := data
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			data = nil
-		}
-		if line = bytes.TrimSpace(line); len(line) > 0 {
-			c.handleCommand(line)
-		}
+	for line := range protocol.Lines(data) {
+		c.handleCommand(line)
 	}
 }
