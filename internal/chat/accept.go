@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -110,6 +111,7 @@ func (n *Node) ServeWS(w http.ResponseWriter, r *http.Request) {
 		readDone:  make(chan struct{}),
 		writeDone: make(chan struct{}),
 		flusher:   n.flushers[seq%uint64(len(n.flushers))],
+		held:      hijacker.conn,
 		tcp:       tcp,
 		raw:       rawConn(hijacker.conn.Conn),
 		handshake: hijacker.conn.take(),
@@ -191,10 +193,15 @@ func (h *readerHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // welcome, in one system call, where gorilla and then the writer would
 // make two (and the client two reads). Later writes go straight through;
 // the first happens in Upgrade, before the connection has other goroutines.
+//
+// Our writers write to the socket underneath, so every later write here is
+// gorilla's own: the close frame it sends when it finds a protocol error
+// while reading (wroteClose).
 type heldConn struct {
 	net.Conn
-	holding bool
-	held    []byte
+	holding    bool
+	held       []byte
+	wroteClose atomic.Bool
 }
 
 // take hands over the held response.
@@ -209,6 +216,7 @@ func (c *heldConn) Write(p []byte) (int, error) {
 		c.holding, c.held = false, append([]byte(nil), p...)
 		return len(p), nil
 	}
+	c.wroteClose.Store(true)
 	return c.Conn.Write(p)
 }
 

@@ -3,6 +3,7 @@ package chat
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -51,6 +52,7 @@ type Conn struct {
 
 	// The writer's (see writer.go).
 	flusher   *flusher
+	held      *heldConn       // the socket under gorilla; writers write to held.Conn
 	tcp       *net.TCPConn    // the socket, for its options; nil: none (TLS)
 	raw       syscall.RawConn // the socket, for writes that must not block; nil: none (TLS)
 	handshake []byte          // the upgrade's response, sent ahead of the first frame (heldConn)
@@ -130,6 +132,12 @@ func (c *Conn) readFrames() bool {
 	for {
 		kind, data, err := c.ws.ReadMessage()
 		if err != nil {
+			// Gorilla fails a frame whose 64-bit length has its top bit set
+			// (RFC 6455 §5.2) with ErrReadLimit but, unlike a frame over
+			// the limit, without a close frame of its own.
+			if errors.Is(err, websocket.ErrReadLimit) && !c.held.wroteClose.Load() {
+				c.closeWith(websocket.CloseProtocolError, "invalid frame length")
+			}
 			return false
 		}
 		c.alive()
@@ -162,6 +170,13 @@ func (c *Conn) skipPong(wait bool) bool {
 		return false
 	}
 	head, err := c.br.Peek(2)
+	// A close frame's payload is empty or starts with a 2-byte code (RFC
+	// 6455 §5.5.1); gorilla takes a 1-byte one for no code at all. (Within
+	// a fragmented message, where this does not look, it still does.)
+	if err == nil && head[0] == 0x88 && head[1] == 0x81 {
+		c.closeWith(websocket.CloseProtocolError, "close frame with a 1-byte payload")
+		return false
+	}
 	// A client's pong: FIN and opcode 10, no reserved bits, masked, and a
 	// payload of at most 125 bytes (RFC 6455 §5.5), after a 4-byte mask key.
 	if err != nil || head[0] != 0x8A || head[1]&0x80 == 0 || head[1]&0x7F > 125 {

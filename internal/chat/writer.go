@@ -353,7 +353,7 @@ func (c *Conn) writeNow(w *rawWrite, b []byte) (int, error) {
 // back to the flushers) or c closes. It holds the writer's claim.
 func (c *Conn) writeOn(pending []byte) {
 	defer c.recoverWriter()
-	conn := c.ws.NetConn()
+	conn := c.held.Conn
 	for {
 		if len(pending) > 0 {
 			_ = conn.SetWriteDeadline(time.Now().Add(writeWait))

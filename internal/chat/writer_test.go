@@ -34,7 +34,7 @@ func pair(t testing.TB) (*Conn, *websocket.Conn) {
 	t.Cleanup(func() { _ = client.Close() })
 	ws := <-serverConn
 	t.Cleanup(func() { _ = ws.Close() })
-	c := &Conn{ws: ws, raw: rawConn(ws.NetConn())}
+	c := &Conn{ws: ws, held: &heldConn{Conn: ws.NetConn()}, raw: rawConn(ws.NetConn())}
 	if c.raw == nil {
 		t.Fatal("no raw socket under a plain TCP connection")
 	}
