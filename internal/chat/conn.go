@@ -116,7 +116,10 @@ func (c *Conn) begin() bool {
 	})
 	c.ws.SetCloseHandler(func(code int, _ string) error {
 		c.closing = true
-		c.client.Close(hub.CloseRequest{Code: code}) // echo the peer's code
+		// Echo the peer's code after what is queued: the answers to the
+		// commands it sent before its close (RFC 6455 §5.5.1 lets the
+		// close wait for them; the peer reads until it has ours).
+		c.client.Close(hub.CloseRequest{Code: code, Flush: true})
 		return nil
 	})
 	return true

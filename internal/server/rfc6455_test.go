@@ -288,6 +288,9 @@ func TestRFC6455ValidFramesAreAnsweredAndClosesEchoed(t *testing.T) {
 			rfcFrame(rfcFin|rfcPong, "unasked"), rfcFrame(rfcFin|rfcText, rfcRooms("pong")),
 		}, replies: []string{"pong"}, want: 1000},
 		{name: "close without a code is echoed without one", frames: [][]byte{rfcFrame(rfcFin|rfcClose, "")}, want: rfcNoCode},
+		{name: "a reply queued before the peer's close is still sent", frames: [][]byte{
+			rfcFrame(rfcFin|rfcText, rfcRooms("last")), rfcCloseFrame(1000, "bye"),
+		}, replies: []string{"last"}, want: 1000},
 	}
 	for _, code := range []int{1000, 1001, 1011, 3000, 4999} {
 		cases = append(cases, rfcCase{name: fmt.Sprintf("close %d is echoed", code), frames: [][]byte{rfcCloseFrame(uint16(code), "bye")}, want: code})
