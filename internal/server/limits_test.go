@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf16"
 
 	"chat/internal/chattest"
 	"chat/internal/config"
@@ -74,6 +75,56 @@ func TestProtocolViolationsCloseTheConnection(t *testing.T) {
 			t.Fatalf("got %s", e)
 		}
 	})
+}
+
+// escapeAll writes s as a JSON string body the way an encoder that escapes
+// every non-ASCII character does (Python's json.dumps): a character beyond
+// the BMP becomes a \uXXXX surrogate pair, 12 bytes.
+func escapeAll(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r < 0x80 {
+			b.WriteRune(r)
+			continue
+		}
+		for _, u := range utf16.Encode([]rune{r}) {
+			fmt.Fprintf(&b, "\\u%04x", u)
+		}
+	}
+	return b.String()
+}
+
+// The longest valid send, encoded as wastefully as JSON allows (every
+// character an escaped surrogate pair; the longest room and key), fits the
+// default Chat.MaxFrameBytes; one byte more than the default is still 1009.
+func TestLongestValidSendInAnyEncodingFitsTheDefaultFrame(t *testing.T) {
+	s := chattest.Start(t)
+	max := s.Config.Chat.MaxFrameBytes
+	room := strings.Repeat("r", 64)
+	c := s.DialName(t, "alice")
+	c.Join(room)
+	text := strings.Repeat("😀", s.Config.Chat.MaxText)
+	frame := `{"type":"send","id":1,"room":"` + room + `","key":"` + strings.Repeat("k", protocol.MaxKeyChars) +
+		`","text":"` + escapeAll(text) + `"}`
+	if len(frame) > max {
+		t.Fatalf("the longest send is %d bytes, over the default MaxFrameBytes %d", len(frame), max)
+	}
+	c.Write(frame)
+	if e := c.WaitFor("reply", nil); e.Field("error") != nil {
+		t.Fatalf("the longest send was refused: %s", e)
+	}
+	if m := c.Message(room); m.Text != text {
+		t.Fatalf("text of %d characters came back as %d", len([]rune(text)), len([]rune(m.Text)))
+	}
+
+	over := rawDial(t, s, "bob")
+	pad := `{"type":"rooms","pad":"`
+	if err := over.WriteMessage(websocket.TextMessage, []byte(pad+strings.Repeat("x", max+1-len(pad)-2)+`"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if code := closeCodeOf(t, over); code != websocket.CloseMessageTooBig {
+		t.Fatalf("a frame of MaxFrameBytes+1 closed with %d, want 1009", code)
+	}
 }
 
 func TestTooManyRooms(t *testing.T) {
