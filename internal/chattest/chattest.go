@@ -249,13 +249,40 @@ func (c *Client) Next() Event {
 		c.backlog = c.backlog[1:]
 		return e
 	}
+	deadline := time.After(Timeout)
 	select {
 	case e := <-c.events:
 		return e
-	case <-time.After(Timeout):
+	case <-c.done:
+		if e, ok := c.buffered(); ok {
+			return e
+		}
+		c.t.Fatalf("no event: %s", c.closedText())
+	case <-deadline:
 		c.t.Fatalf("no event within %v", Timeout)
-		return Event{}
 	}
+	return Event{}
+}
+
+// buffered returns an event that the reader queued, if any. Once done is
+// closed the reader queues no more: an empty channel then stays empty.
+func (c *Client) buffered() (Event, bool) {
+	select {
+	case e := <-c.events:
+		return e, true
+	default:
+		return Event{}, false
+	}
+}
+
+// closedText says how the connection ended, for a test that waited in vain.
+func (c *Client) closedText() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed == nil {
+		return "the connection ended without a close frame"
+	}
+	return fmt.Sprintf("the server closed the connection with %d %q", c.closed.Code, c.closed.Text)
 }
 
 // WaitFor returns the first event of type typ that matches (nil matches
@@ -276,6 +303,16 @@ func (c *Client) WaitFor(typ string, match func(Event) bool) Event {
 				return e
 			}
 			c.backlog = append(c.backlog, e)
+		case <-c.done:
+			// The connection ended: what the reader queued is all there is.
+			for e, ok := c.buffered(); ok; e, ok = c.buffered() {
+				if e.Type == typ && (match == nil || match(e)) {
+					return e
+				}
+				c.backlog = append(c.backlog, e)
+			}
+			c.t.Fatalf("no %s event: %s; backlog %v", typ, c.closedText(), c.backlog)
+			return Event{}
 		case <-deadline:
 			c.t.Fatalf("no %s event within %v; backlog %v", typ, Timeout, c.backlog)
 			return Event{}
