@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,6 +28,32 @@ const (
 	// before the socket is closed anyway.
 	closeGrace = 2 * time.Second
 )
+
+// The goroutines of connections carry a pprof label (GoroutineLabel),
+// which a goroutine profile shows beside each stack: a connection's reader
+// waiting for a frame (LabelWaiting), its reader running commands
+// (LabelReading), a goroutine writing to one connection (LabelWriting), or
+// a flusher (LabelFlusher). Operators see what connections are doing; tests
+// count them without depending on function names.
+const (
+	GoroutineLabel = "chat"
+	LabelWaiting   = "reader-waiting"
+	LabelReading   = "reader-reading"
+	LabelWriting   = "writer"
+	LabelFlusher   = "flusher"
+)
+
+// Set with pprof.SetGoroutineLabels, which costs no allocation.
+var (
+	labelsWaiting = goroutineLabels(LabelWaiting)
+	labelsReading = goroutineLabels(LabelReading)
+	labelsWriting = goroutineLabels(LabelWriting)
+	labelsFlusher = goroutineLabels(LabelFlusher)
+)
+
+func goroutineLabels(value string) context.Context {
+	return pprof.WithLabels(context.Background(), pprof.Labels(GoroutineLabel, value))
+}
 
 // Conn is one WebSocket connection. Its read pump (one goroutine at a time,
 // see await) is the only reader of ws and runs its commands in order. Its
@@ -71,13 +98,17 @@ type Conn struct {
 // runs at a time; the go statement orders each hand-over.
 
 // readPump starts the connection, then leaves the waiting to await.
-func (c *Conn) readPump() { c.read(c.begin) }
+func (c *Conn) readPump() {
+	pprof.SetGoroutineLabels(labelsReading)
+	c.read(c.begin)
+}
 
 // await waits for the next frame. It answers the client's pongs itself, so
 // that an idle connection's heartbeat never wakes the deep read path.
 func (c *Conn) await() {
 	for c.skipPong(true) {
 	}
+	pprof.SetGoroutineLabels(labelsReading)
 	c.read(c.readFrames)
 }
 
@@ -92,6 +123,7 @@ func (c *Conn) read(step func() bool) {
 			more = false
 		}
 		if more {
+			pprof.SetGoroutineLabels(labelsWaiting) // for await, which inherits them
 			go c.await()
 		} else {
 			c.cleanup()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math"
 	"net"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"time"
@@ -115,6 +116,7 @@ func (f *flusher) push(list *[]*Conn, c *Conn) {
 }
 
 func (f *flusher) run() {
+	pprof.SetGoroutineLabels(labelsFlusher)
 	defer close(f.done)
 	for {
 		select {
@@ -352,6 +354,7 @@ func (c *Conn) writeNow(w *rawWrite, b []byte) (int, error) {
 // first pending, then whatever is queued, until the queue is empty (c goes
 // back to the flushers) or c closes. It holds the writer's claim.
 func (c *Conn) writeOn(pending []byte) {
+	pprof.SetGoroutineLabels(labelsWriting)
 	defer c.recoverWriter()
 	conn := c.held.Conn
 	for {

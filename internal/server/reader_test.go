@@ -2,11 +2,11 @@ package server_test
 
 import (
 	"bytes"
-	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
 
+	"chat/internal/chat"
 	"chat/internal/chattest"
 	"chat/internal/config"
 
@@ -106,38 +106,17 @@ func TestIdleConnectionsWaitInAwait(t *testing.T) {
 		waitReply(c, "p")
 	}
 	time.Sleep(200 * time.Millisecond) // several pings, answered by each client
-	var stacks strings.Builder
-	if err := pprof.Lookup("goroutine").WriteTo(&stacks, 2); err != nil {
-		t.Fatal(err)
-	}
-	waiting, reading := 0, 0
-	for _, g := range strings.Split(stacks.String(), "\n\n") {
-		switch {
-		case strings.Contains(g, "chat.(*Conn).readFrames"):
-			reading++
-		case strings.Contains(g, "chat.(*Conn).await"):
-			waiting++
-		}
-	}
+	waiting := chattest.ConnGoroutines(t, chat.LabelWaiting)
+	reading := chattest.ConnGoroutines(t, chat.LabelReading)
 	if waiting < n || reading != 0 {
-		t.Fatalf("%d goroutines wait in await and %d in readFrames; want at least %d and 0", waiting, reading, n)
+		t.Fatalf("%d readers wait in a fresh goroutine and %d in one that ran commands; want at least %d and 0", waiting, reading, n)
 	}
 }
 
 // connGoroutines counts the goroutines running a connection's code.
 func connGoroutines(t *testing.T) int {
 	t.Helper()
-	var stacks strings.Builder
-	if err := pprof.Lookup("goroutine").WriteTo(&stacks, 2); err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, g := range strings.Split(stacks.String(), "\n\n") {
-		if strings.Contains(g, "chat/internal/chat.(*Conn).") {
-			n++
-		}
-	}
-	return n
+	return chattest.ConnGoroutines(t, chat.LabelWaiting, chat.LabelReading, chat.LabelWriting)
 }
 
 // Readers, writers and pingers end with their connections: those the
