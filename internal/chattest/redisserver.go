@@ -1,0 +1,132 @@
+package chattest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisServer is a redis-server process of the test's own, on a free port,
+// without persistence. The test owns it alone: it may pause it (SIGSTOP)
+// and resume it, which it must never do to a Redis that others share.
+type RedisServer struct {
+	Addr   string // 127.0.0.1:port
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once the process has ended and been reaped
+	out    *lockedBuffer // what the server printed, for failure messages
+}
+
+// redisStart bounds how long a started redis-server may take to answer PING.
+const redisStart = 10 * time.Second
+
+// StartRedisServer runs a private redis-server and kills it when the test
+// ends. Without redis-server in PATH the test is skipped, or fails under
+// CHAT_TEST_REQUIRE=1.
+func StartRedisServer(t testing.TB) *RedisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if Required() {
+			t.Fatal("CHAT_TEST_REQUIRE=1 but redis-server is not installed")
+		}
+		t.Skip("needs redis-server")
+	}
+	// FreePort's port may be taken again before redis-server binds it: the
+	// server then exits, and another port is tried.
+	var last error
+	for range 3 {
+		s, err := startRedisServer(bin, FreePort(t))
+		if err == nil {
+			t.Cleanup(s.kill)
+			return s
+		}
+		last = err
+	}
+	t.Fatal(last)
+	return nil
+}
+
+func startRedisServer(bin string, port int) (*RedisServer, error) {
+	s := &RedisServer{Addr: fmt.Sprintf("127.0.0.1:%d", port), exited: make(chan struct{}), out: &lockedBuffer{}}
+	s.cmd = exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no")
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	if err := s.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start redis-server: %w", err)
+	}
+	go func() { _ = s.cmd.Wait(); close(s.exited) }()
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	defer rdb.Close()
+	deadline := time.Now().Add(redisStart)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		select {
+		case <-s.exited:
+			return nil, fmt.Errorf("redis-server on port %d exited: %s", port, s.out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.kill()
+			return nil, fmt.Errorf("redis-server on port %d did not answer PING within %v: %v; output: %s", port, redisStart, err, s.out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// PID is the server's process id.
+func (s *RedisServer) PID() int { return s.cmd.Process.Pid }
+
+// Pause stops the process with SIGSTOP: its sockets stay open and the
+// kernel still accepts connections and buffers what is sent, but nothing is
+// answered.
+func (s *RedisServer) Pause(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(s.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP redis-server: %v", err)
+	}
+}
+
+// Resume continues a paused process with SIGCONT.
+func (s *RedisServer) Resume(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(s.PID(), syscall.SIGCONT); err != nil {
+		t.Fatalf("SIGCONT redis-server: %v", err)
+	}
+}
+
+// kill ends the server, paused or not (SIGKILL needs no SIGCONT), and
+// waits for it.
+func (s *RedisServer) kill() {
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+}
+
+// lockedBuffer is written by exec's copying goroutines and read by the test.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
