@@ -292,13 +292,20 @@ func (c *Client) closedText() string {
 // all); other events read meanwhile stay in the backlog.
 func (c *Client) WaitFor(typ string, match func(Event) bool) Event {
 	c.t.Helper()
+	return c.WaitForWithin(typ, match, Timeout)
+}
+
+// WaitForWithin is WaitFor failing after d instead of Timeout, for an event
+// that may take as long as one of the server's own timeouts.
+func (c *Client) WaitForWithin(typ string, match func(Event) bool, d time.Duration) Event {
+	c.t.Helper()
 	for i, e := range c.backlog {
 		if e.Type == typ && (match == nil || match(e)) {
 			c.backlog = append(c.backlog[:i:i], c.backlog[i+1:]...)
 			return e
 		}
 	}
-	deadline := time.After(Timeout)
+	deadline := time.After(d)
 	for {
 		select {
 		case e := <-c.events:
@@ -317,7 +324,7 @@ func (c *Client) WaitFor(typ string, match func(Event) bool) Event {
 			c.t.Fatalf("no %s event: %s; backlog %v", typ, c.closedText(), c.backlog)
 			return Event{}
 		case <-deadline:
-			c.t.Fatalf("no %s event within %v; backlog %v", typ, Timeout, c.backlog)
+			c.t.Fatalf("no %s event within %v; backlog %v", typ, d, c.backlog)
 			return Event{}
 		}
 	}
@@ -366,14 +373,33 @@ func (c *Client) Send(cmd map[string]any) {
 // Do sends a command with a fresh id and returns its reply.
 func (c *Client) Do(typ string, fields map[string]any) Reply {
 	c.t.Helper()
+	return c.DoWithin(typ, fields, Timeout)
+}
+
+// DoWithin is Do waiting up to d for the reply.
+func (c *Client) DoWithin(typ string, fields map[string]any, d time.Duration) Reply {
+	c.t.Helper()
+	return c.ReplyWithin(c.Start(typ, fields), d)
+}
+
+// Start sends a command with a fresh id without waiting and returns the id,
+// so that several commands can be on their way at once.
+func (c *Client) Start(typ string, fields map[string]any) int {
+	c.t.Helper()
 	c.nextID++
-	id := c.nextID
-	cmd := map[string]any{"type": typ, "id": id}
+	cmd := map[string]any{"type": typ, "id": c.nextID}
 	for k, v := range fields {
 		cmd[k] = v
 	}
 	c.Send(cmd)
-	e := c.WaitFor("reply", func(e Event) bool { return e.Int("id") == int64(id) && e.Field("id") != nil })
+	return c.nextID
+}
+
+// ReplyWithin returns the reply to the command with id, failing the test
+// after d; other events read meanwhile stay in the backlog.
+func (c *Client) ReplyWithin(id int, d time.Duration) Reply {
+	c.t.Helper()
+	e := c.WaitForWithin("reply", func(e Event) bool { return e.Int("id") == int64(id) && e.Field("id") != nil }, d)
 	var r struct {
 		Result json.RawMessage `json:"result"`
 		Error  *protocol.Error `json:"error"`

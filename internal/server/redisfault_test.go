@@ -2,8 +2,6 @@ package server_test
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +9,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,8 +17,6 @@ import (
 
 	"chat/internal/chattest"
 	"chat/internal/protocol"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Bounds of the Redis fault tests. brokerTimeout mirrors chat.brokerTimeout:
@@ -104,54 +100,83 @@ func testRedisFault(t *testing.T, f redisFault) {
 	const room = "r"
 	// alice sends through replica 0, carol through replica 1; bob only
 	// reads, on replica 1. All three stay connected throughout.
-	alice := dialWire(t, r.nodes[0], "alice")
-	carol := dialWire(t, r.nodes[1], "carol")
-	bob := dialWire(t, r.nodes[1], "bob")
+	alice := r.nodes[0].DialName(t, "alice")
+	carol := r.nodes[1].DialName(t, "carol")
+	bob := r.nodes[1].DialName(t, "bob")
+	members := []*chattest.Client{alice, carol, bob}
 	var epoch string
-	for _, w := range []*wire{alice, carol, bob} {
-		epoch = w.join(room, nil).Epoch
+	for _, c := range members {
+		epoch = c.Join(room).Epoch
 	}
 	acked := map[int64]string{} // seq -> text (the text is the send's key)
-	ack := func(w *wire, key string) {
+	ack := func(c *chattest.Client, key string) {
 		t.Helper()
-		seq := w.sendUntilAcked(room, key)
+		seq := sendUntilAcked(t, c, room, key)
 		if prev, dup := acked[seq]; dup {
 			t.Fatalf("%s: key %s acknowledged with seq %d, already the seq of %s", f.name, key, seq, prev)
 		}
 		acked[seq] = key
 	}
+	got := map[*chattest.Client][]protocol.Message{} // each member's messages of room, in order of arrival
+	// receive waits until a message with seq upTo or later arrived and
+	// returns every message so far. Nothing waits for a resync, so one read
+	// meanwhile stays in the backlog, where Quiet finds it: a fault that
+	// history covers must never cause one.
+	receive := func(c *chattest.Client, upTo int64) []protocol.Message {
+		t.Helper()
+		defer func() {
+			if t.Failed() {
+				t.Logf("%s: %s got %v", f.name, user(c), seqTexts(got[c]))
+			}
+		}()
+		deadline := time.Now().Add(faultRecover)
+		for !slices.ContainsFunc(got[c], func(m protocol.Message) bool { return m.Seq >= upTo }) {
+			e := c.WaitForWithin("message", func(e chattest.Event) bool { return e.Str("room") == room }, time.Until(deadline))
+			var m protocol.Message
+			if err := e.Decode(&m); err != nil {
+				t.Fatalf("%s: message %s: %v", user(c), e, err)
+			}
+			got[c] = append(got[c], m)
+		}
+		c.Quiet("resync", 0)
+		return got[c]
+	}
+	// unavailable asserts that the send id, written at sent, answers
+	// unavailable within faultReply of it.
+	unavailable := func(c *chattest.Client, what string, id int, sent time.Time) {
+		t.Helper()
+		rep := c.ReplyWithin(id, time.Until(sent.Add(faultReply)))
+		took := time.Since(sent)
+		if rep.Err == nil || rep.Err.Code != protocol.CodeUnavailable {
+			t.Fatalf("%s: %s answered %s / %+v after %v, want error unavailable", f.name, what, rep.Result, rep.Err, took)
+		}
+		t.Logf("%s: %s answered unavailable after %v", f.name, what, took.Round(time.Millisecond))
+	}
 	ack(alice, "a1")
 	ack(carol, "c1")
 	before := int64(len(acked)) // the position a recovering client saw last
-	bob.messages(room, before)
+	receive(bob, before)
 
 	f.inject(t, r)
 	injected := time.Now()
 	// Both replicas' senders at once: each reply is bounded by the broker
 	// timeout, not by the other's.
-	aliceSend := alice.sendAsync(room, "a2")
-	carolSend := carol.sendAsync(room, "c2")
-	for _, s := range []pendingSend{aliceSend, carolSend} {
-		rep, took := s.wait(faultReply)
-		if rep.Error == nil || rep.Error.Code != protocol.CodeUnavailable {
-			t.Fatalf("%s: %s's send of %s answered %s / %+v after %v, want error unavailable", f.name, s.w.name, s.key, rep.Result, rep.Error, took)
-		}
-		t.Logf("%s: %s's send answered unavailable after %v", f.name, s.w.name, took.Round(time.Millisecond))
-	}
+	sent := time.Now()
+	aliceSend := alice.Start("send", keyedSend(room, "a2"))
+	carolSend := carol.Start("send", keyedSend(room, "c2"))
+	unavailable(alice, "alice's send of a2", aliceSend, sent)
+	unavailable(carol, "carol's send of c2", carolSend, sent)
 	// A retry while the fault lasts is just as safe, and just as bounded.
-	rep, took := alice.sendAsync(room, "a2").wait(faultReply)
-	if rep.Error == nil || rep.Error.Code != protocol.CodeUnavailable {
-		t.Fatalf("%s: alice's retry of a2 during the fault answered %s / %+v after %v, want error unavailable", f.name, rep.Result, rep.Error, took)
-	}
-	t.Logf("%s: alice's retry during the fault answered unavailable after %v", f.name, took.Round(time.Millisecond))
+	sent = time.Now()
+	unavailable(alice, "alice's retry of a2 during the fault", alice.Start("send", keyedSend(room, "a2")), sent)
 	if status := getStatus(t, r.nodes[0].URL+"/readyz"); status != http.StatusServiceUnavailable {
 		t.Fatalf("%s: /readyz during the fault: %d, want 503", f.name, status)
 	}
 	// Hold the fault past the subscriber's health check (3 s) and the
 	// probe interval (5 s), so that their reconnects fail too.
 	time.Sleep(time.Until(injected.Add(faultHold)))
-	for _, w := range []*wire{alice, carol, bob} {
-		w.open()
+	for _, c := range members {
+		stillOpen(t, c)
 	}
 	f.heal(t, r)
 	t.Logf("%s: healed %v after the fault began", f.name, time.Since(injected).Round(time.Millisecond))
@@ -162,7 +187,7 @@ func testRedisFault(t *testing.T, f redisFault) {
 	healed := time.Now()
 	published := map[string]int64{}
 	if f.landed {
-		for _, m := range bob.messages(room, before+2) {
+		for _, m := range receive(bob, before+2) {
 			if m.Seq > before {
 				published[m.Text] = m.Seq
 			}
@@ -170,10 +195,10 @@ func testRedisFault(t *testing.T, f redisFault) {
 		t.Logf("%s: the unacknowledged sends were published %v after healing: %v", f.name, time.Since(healed).Round(time.Millisecond), published)
 	}
 	for _, retry := range []struct {
-		w   *wire
+		c   *chattest.Client
 		key string
 	}{{alice, "a2"}, {carol, "c2"}} {
-		ack(retry.w, retry.key)
+		ack(retry.c, retry.key)
 		if seq, ok := published[retry.key]; ok && acked[seq] != retry.key {
 			t.Fatalf("%s: the retry of %s was acknowledged with another seq than %d, which it was published with: %v", f.name, retry.key, seq, acked)
 		}
@@ -190,51 +215,65 @@ func testRedisFault(t *testing.T, f redisFault) {
 
 	// Every member that stayed connected, on both replicas, sees each
 	// message once and in order, and is never told to resync.
-	for _, w := range []*wire{alice, carol, bob} {
-		w.messages(room, last)
-		w.quiet(room, 2*time.Second)
-		checkMessages(t, f.name+": "+w.name+" (stayed connected)", w.messagesOf(room), 1, acked)
-		w.open()
+	for _, c := range members {
+		receive(c, last)
+		c.Quiet("message", 2*time.Second) // a late duplicate
+		c.Quiet("resync", 0)              // one read during the quiet stays in the backlog
+		checkMessages(t, f.name+": "+user(c)+" (stayed connected)", got[c], 1, acked)
+		stillOpen(t, c)
 	}
 
 	// A client that last saw seq `before` recovers exactly what it missed.
-	dave := dialWire(t, r.nodes[0], "dave")
-	j := dave.join(room, map[string]any{"epoch": epoch, "seq": before})
+	dave := r.nodes[0].DialName(t, "dave")
+	var j chattest.JoinResult
+	dave.DoWithin("join", map[string]any{"room": room, "since": map[string]any{"epoch": epoch, "seq": before}}, faultReply).Decode(t, &j)
+	// The room's head is the last acknowledged seq: no retry published
+	// again (it would have taken a seq of its own).
 	if !j.Recovered || j.Epoch != epoch || j.Seq != last {
 		t.Fatalf("%s: recovering join: recovered %v, epoch %s (want %s), seq %d (want %d)", f.name, j.Recovered, j.Epoch, epoch, j.Seq, last)
 	}
 	checkMessages(t, f.name+": dave (recovered)", j.History, before+1, acked)
-	// Each publish allocates its seq with one HINCRBY (counted in Redis's
-	// commandstats even when a script runs it); a retry that found its key
-	// allocates none.
-	if n := r.redisCalls(t, "hincrby"); n != last {
-		t.Fatalf("%s: Redis allocated %d seqs for %d acknowledged messages", f.name, n, last)
+}
+
+// keyedSend is a send of text key with idempotency key key.
+func keyedSend(room, key string) map[string]any {
+	return map[string]any{"room": room, "text": key, "key": key}
+}
+
+// sendUntilAcked sends text key with idempotency key key, again after each
+// unavailable, until it is acknowledged; it returns the seq.
+func sendUntilAcked(t *testing.T, c *chattest.Client, room, key string) int64 {
+	t.Helper()
+	deadline := time.Now().Add(faultRecover)
+	for {
+		start := time.Now()
+		rep := c.DoWithin("send", keyedSend(room, key), faultReply)
+		if rep.Err == nil {
+			var res struct{ Seq int64 }
+			rep.Decode(t, &res)
+			if res.Seq == 0 {
+				t.Fatalf("%s: send result %s has no seq", user(c), rep.Result)
+			}
+			return res.Seq
+		}
+		if rep.Err.Code != protocol.CodeUnavailable || time.Now().After(deadline) {
+			t.Fatalf("%s: send %s: %+v after %v (retrying for %v)", user(c), key, rep.Err, time.Since(start), faultRecover)
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 }
 
-// redisCalls is how many times the private Redis ran cmd, asked directly
-// rather than through the proxy.
-func (r *faultRig) redisCalls(t *testing.T, cmd string) int64 {
+// stillOpen asserts that the server has not closed c.
+func stillOpen(t *testing.T, c *chattest.Client) {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: r.redis.Addr})
-	defer rdb.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
-	defer cancel()
-	info, err := rdb.Info(ctx, "commandstats").Result()
-	if err != nil {
-		t.Fatalf("INFO commandstats: %v", err)
+	select {
+	case <-c.Done():
+		t.Fatalf("%s: the connection was closed", user(c))
+	default:
 	}
-	for _, line := range strings.Split(info, "\n") {
-		if rest, ok := strings.CutPrefix(line, "cmdstat_"+cmd+":calls="); ok {
-			n, err := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
-			if err != nil {
-				t.Fatalf("commandstats %q: %v", line, err)
-			}
-			return n
-		}
-	}
-	return 0
 }
+
+func user(c *chattest.Client) string { return c.Welcome.Str("user") }
 
 // checkMessages asserts that msgs are the seqs from..len(acked), each once,
 // in order, each with the text acknowledged for its seq, no text twice.
@@ -265,216 +304,6 @@ func seqTexts(msgs []protocol.Message) []string {
 		out = append(out, fmt.Sprintf("%d:%s", m.Seq, m.Text))
 	}
 	return out
-}
-
-// wire drives a chattest.Client through its raw frames (Client.Frames),
-// with deadlines of its own: chattest.Timeout equals the broker timeout, so
-// it is too short to wait for a reply that may take all of it. A wire keeps
-// every event it read, in order; it is used from the test goroutine only.
-type wire struct {
-	t      *testing.T
-	name   string
-	c      *chattest.Client
-	events []wireEvent
-	nextID int
-}
-
-// wireEvent holds the fields of every event the fault tests read.
-type wireEvent struct {
-	Type   string          `json:"type"`
-	ID     json.RawMessage `json:"id"`
-	Result json.RawMessage `json:"result"`
-	Error  *protocol.Error `json:"error"`
-	protocol.Message
-}
-
-func dialWire(t *testing.T, s *chattest.Server, name string) *wire {
-	t.Helper()
-	return &wire{t: t, name: name, c: s.DialName(t, name)}
-}
-
-// pull reads one more frame; false when deadline passed first.
-func (w *wire) pull(deadline time.Time) bool {
-	w.t.Helper()
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	select {
-	case frame := <-w.c.Frames:
-		w.parse(frame)
-		return true
-	case <-timer.C:
-		return false
-	case <-w.c.Done():
-		// The reader queues every frame before it ends.
-		select {
-		case frame := <-w.c.Frames:
-			w.parse(frame)
-			return true
-		default:
-		}
-		w.t.Fatalf("%s: the server closed the connection", w.name)
-		return false
-	}
-}
-
-func (w *wire) parse(frame []byte) {
-	w.t.Helper()
-	for _, line := range bytes.Split(frame, []byte{'\n'}) {
-		if len(line) == 0 {
-			continue
-		}
-		var e wireEvent
-		if err := json.Unmarshal(line, &e); err != nil {
-			w.t.Fatalf("%s: bad event %q: %v", w.name, line, err)
-		}
-		e.Message.Type = e.Type
-		w.events = append(w.events, e)
-	}
-}
-
-// open asserts that the connection is still open.
-func (w *wire) open() {
-	w.t.Helper()
-	select {
-	case <-w.c.Done():
-		w.t.Fatalf("%s: the connection was closed", w.name)
-	default:
-	}
-}
-
-// pendingSend is a send command on its way.
-type pendingSend struct {
-	w     *wire
-	key   string
-	id    json.RawMessage
-	from  int // events before the command was written: its reply comes later
-	start time.Time
-}
-
-// command writes a command with a fresh id, without waiting.
-func (w *wire) command(typ string, fields map[string]any) pendingSend {
-	w.t.Helper()
-	w.nextID++
-	id := fmt.Sprintf("w%d", w.nextID)
-	cmd := map[string]any{"type": typ, "id": id}
-	for k, v := range fields {
-		cmd[k] = v
-	}
-	p := pendingSend{w: w, id: json.RawMessage(`"` + id + `"`), from: len(w.events), start: time.Now()}
-	w.c.Send(cmd)
-	return p
-}
-
-// sendAsync writes a send of text key with idempotency key key.
-func (w *wire) sendAsync(room, key string) pendingSend {
-	w.t.Helper()
-	p := w.command("send", map[string]any{"room": room, "text": key, "key": key})
-	p.key = key
-	return p
-}
-
-// wait returns the command's reply and how long it took, failing the test
-// after within.
-func (p pendingSend) wait(within time.Duration) (wireEvent, time.Duration) {
-	w := p.w
-	w.t.Helper()
-	deadline := p.start.Add(within)
-	for i := p.from; ; i++ {
-		for i >= len(w.events) {
-			if !w.pull(deadline) {
-				w.t.Fatalf("%s: no reply to %s within %v", w.name, p.id, within)
-			}
-		}
-		if e := w.events[i]; e.Type == "reply" && bytes.Equal(e.ID, p.id) {
-			return e, time.Since(p.start)
-		}
-	}
-}
-
-// sendUntilAcked sends text key with idempotency key key, again after each
-// unavailable, until it is acknowledged; it returns the seq.
-func (w *wire) sendUntilAcked(room, key string) int64 {
-	w.t.Helper()
-	deadline := time.Now().Add(faultRecover)
-	for {
-		rep, took := w.sendAsync(room, key).wait(faultReply)
-		if rep.Error == nil {
-			var res struct{ Seq int64 }
-			if err := json.Unmarshal(rep.Result, &res); err != nil || res.Seq == 0 {
-				w.t.Fatalf("%s: send result %s: %v", w.name, rep.Result, err)
-			}
-			return res.Seq
-		}
-		if rep.Error.Code != protocol.CodeUnavailable || time.Now().After(deadline) {
-			w.t.Fatalf("%s: send %s: %+v after %v (retrying for %v)", w.name, key, rep.Error, took, faultRecover)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
-// join joins room (with since, when not nil) and returns the result.
-func (w *wire) join(room string, since map[string]any) chattest.JoinResult {
-	w.t.Helper()
-	fields := map[string]any{"room": room}
-	if since != nil {
-		fields["since"] = since
-	}
-	rep, _ := w.command("join", fields).wait(faultReply)
-	if rep.Error != nil {
-		w.t.Fatalf("%s: join %s: %+v", w.name, room, rep.Error)
-	}
-	var j chattest.JoinResult
-	if err := json.Unmarshal(rep.Result, &j); err != nil {
-		w.t.Fatalf("%s: join result %s: %v", w.name, rep.Result, err)
-	}
-	return j
-}
-
-// messagesOf is every message event of room read so far, in order of
-// arrival.
-func (w *wire) messagesOf(room string) []protocol.Message {
-	var out []protocol.Message
-	for _, e := range w.events {
-		if e.Type == "message" && e.Room == room {
-			out = append(out, e.Message)
-		}
-	}
-	return out
-}
-
-// messages waits until a message of room with seq upTo or later arrived and
-// returns them all; it fails at a resync, which a fault that history covers
-// must never cause.
-func (w *wire) messages(room string, upTo int64) []protocol.Message {
-	w.t.Helper()
-	deadline := time.Now().Add(faultRecover)
-	for i := 0; ; i++ {
-		for i >= len(w.events) {
-			if !w.pull(deadline) {
-				w.t.Fatalf("%s: seq %d of %s not delivered within %v; got %v", w.name, upTo, room, faultRecover, seqTexts(w.messagesOf(room)))
-			}
-		}
-		e := w.events[i]
-		if e.Type == "resync" {
-			w.t.Fatalf("%s: resync %+v; got %v", w.name, e.Message, seqTexts(w.messagesOf(room)))
-		}
-		if e.Type == "message" && e.Room == room && e.Seq >= upTo {
-			return w.messagesOf(room)
-		}
-	}
-}
-
-// quiet reads for d more, so that a late duplicate or resync is seen.
-func (w *wire) quiet(room string, d time.Duration) {
-	w.t.Helper()
-	deadline := time.Now().Add(d)
-	for w.pull(deadline) {
-	}
-	for _, e := range w.events {
-		if e.Type == "resync" {
-			w.t.Fatalf("%s: resync %+v; got %v", w.name, e.Message, seqTexts(w.messagesOf(room)))
-		}
-	}
 }
 
 // TestRedisFaultProxyForwardsDelaysCutsAndCloses checks the fault proxy on
