@@ -49,6 +49,9 @@ func TestUnregisterInAnyOrderKeepsTheUsersOtherConnections(t *testing.T) {
 	for _, c := range conns {
 		stays[c] = true
 	}
+	// Register returns once the loop took the client, which it may count a
+	// moment later: wait, so that each count below is after an unregister.
+	eventually(t, "six connections", func() bool { return h.Stats().Connections == 6 })
 	for _, gone := range []int{2, 5, 0} { // middle, last, first
 		h.Unregister(conns[gone].Client)
 		stays[conns[gone]] = false
