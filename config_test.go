@@ -22,6 +22,7 @@ func TestShippedConfigHasTheSpecDefaults(t *testing.T) {
 		ch.DrainTimeout != 10*time.Second || len(ch.AllowedOrigins) != 0 || ch.ApiKey != "" ||
 		ch.CoalesceWindow != 50*time.Millisecond || ch.MaxUserConnections != 64 || ch.HistoryMaxBytes != 64<<20 ||
 		ch.ReadHeaderTimeout != 10*time.Second || ch.IdleTimeout != 120*time.Second || ch.SendBufferBytes != 64<<10 ||
+		ch.PresenceEventLimit != 500 || ch.PresenceInterval != time.Second ||
 		c.Redis.Addr != "" || c.Redis.Prefix != "chat" || c.Redis.DB != 0 || c.Auth.AccessSecret != "" {
 		t.Fatalf("defaults differ from SPEC §5: %+v %+v %+v", c.Chat, c.Redis, c.Auth)
 	}

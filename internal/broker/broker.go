@@ -64,14 +64,20 @@ type Broker interface {
 	Emit(ctx context.Context, d Delivery) error
 
 	// Connect and Disconnect record a connection of a user; Join and Leave
-	// record its presence in a room.
+	// record its presence in a room and report the room's presence right
+	// after, as one atomic step: of two connections of one user that join
+	// at once, exactly one is told its user is new to the room. Both are
+	// idempotent (a second Join of the same connection changes nothing).
+	// Disconnect removes the connection's presence in every room.
 	Connect(ctx context.Context, c Conn) error
 	Disconnect(ctx context.Context, c Conn) error
-	Join(ctx context.Context, room string, c Conn) error
-	Leave(ctx context.Context, room string, c Conn) error
+	Join(ctx context.Context, room string, c Conn) (RoomPresence, error)
+	Leave(ctx context.Context, room string, c Conn) (RoomPresence, error)
 
-	// Members lists a room's users with their connection counts, sorted by user.
-	Members(ctx context.Context, room string) ([]protocol.Member, error)
+	// Members lists a page of a room's users with their connection counts,
+	// sorted by user, and counts them all. Its cost grows with the page, not
+	// with the room: a room of 10,000 members is read a page at a time.
+	Members(ctx context.Context, room string, q MembersQuery) (MembersPage, error)
 	// Rooms lists every room with at least one member present.
 	Rooms(ctx context.Context) ([]RoomInfo, error)
 	// UserConnections counts a user's connections on every node.
@@ -118,6 +124,29 @@ type Conn struct {
 	Node   string
 }
 
+// RoomPresence is a room's presence right after a Join or Leave.
+type RoomPresence struct {
+	// Count is the number of distinct users present in the room,
+	// cluster-wide, with the change counted.
+	Count int
+	// Changed: the connection's user is new to the room (Join: its first
+	// connection there) or gone from it (Leave: its last connection left).
+	// False when the call changed nothing, too.
+	Changed bool
+}
+
+// MembersQuery selects a page of a room's members.
+type MembersQuery struct {
+	After string // only users after this one (by byte order); "": from the first
+	Limit int    // at most Limit users; 0: all
+}
+
+// MembersPage is a page of a room's members and the room's total.
+type MembersPage struct {
+	Members []protocol.Member // sorted by user
+	Count   int               // distinct users present in the room, on every page
+}
+
 // RoomInfo is a room with its number of distinct users present and its head seq.
 type RoomInfo struct {
 	Room    string
@@ -135,6 +164,10 @@ const (
 	// KindResync: the node missed a room's messages up to Message.Seq that
 	// history no longer holds; Payload is the "resync" event for members.
 	KindResync
+	// KindPresence: User joined (Joined) or left the large room Topic. A
+	// node gathers these into periodic "presence" events for its members
+	// rather than sending each one on (SPEC §15). Best effort, like KindEvent.
+	KindPresence
 )
 
 // Delivery is what a node receives from the backbone.
@@ -144,6 +177,8 @@ type Delivery struct {
 	Message protocol.Message // KindMessage
 	Payload []byte           // the encoded event, shared by every recipient
 	Exclude string           // a client id that must not receive it
+	User    string           // KindPresence
+	Joined  bool             // KindPresence: joined, else left
 }
 
 // Topic names what a subscription or event is about.

@@ -15,7 +15,8 @@ type joinResult struct {
 	Room      string             `json:"room"`
 	Epoch     string             `json:"epoch"`
 	Seq       int64              `json:"seq"`
-	Members   []protocol.Member  `json:"members"`
+	Members   []protocol.Member  `json:"members"` // the first page (all of a room within Chat.PresenceEventLimit)
+	Count     int                `json:"count"`   // users present, all pages
 	History   []protocol.Message `json:"history"`
 	Recovered bool               `json:"recovered"`
 }
@@ -43,6 +44,7 @@ type historyResult struct {
 type membersResult struct {
 	Room    string            `json:"room"`
 	Members []protocol.Member `json:"members"`
+	Count   int               `json:"count"`
 }
 
 type roomCount struct {
@@ -92,9 +94,9 @@ func (c *Conn) handleCommand(line []byte) {
 		msgs, err = c.node.History(ctx, cmd.Room, cmd.Before, cmd.Limit)
 		result = historyResult{Room: cmd.Room, Messages: msgs}
 	case "members":
-		var members []protocol.Member
-		members, err = c.node.Members(ctx, cmd.Room)
-		result = membersResult{Room: cmd.Room, Members: members}
+		var page broker.MembersPage
+		page, err = c.node.Members(ctx, cmd.Room, cmd.After, cmd.Limit)
+		result = membersResult{Room: cmd.Room, Members: page.Members, Count: page.Count}
 	case "rooms":
 		result, err = c.roomList(ctx)
 	case "":
@@ -153,18 +155,27 @@ func (c *Conn) join(ctx context.Context, cmd *protocol.Command) error {
 		return protocol.Errorf(protocol.CodeTooManyRooms, "a connection may be in at most %d rooms", c.node.cfg.MaxRooms)
 	}
 	n := c.node
+	var presence broker.RoomPresence
 	if !member {
 		if err := n.subs.acquire(ctx, broker.Room(room)); err != nil {
 			return brokerError("subscribe "+room, err)
 		}
-		if err := n.broker.Join(ctx, room, c.presence); err != nil {
+		var err error
+		if presence, err = n.broker.Join(ctx, room, c.presence); err != nil {
 			_ = n.subs.release(ctx, broker.Room(room))
 			return brokerError("join "+room, err)
 		}
 	}
-	if err := c.joinHub(ctx, cmd); err != nil {
+	// The reply lists a room within Chat.PresenceEventLimit whole, and
+	// only the first page of a larger one: 10,000 joins of 500 names each
+	// would be 200 MB of replies.
+	page := n.membersPage()
+	if n.largeRoom(presence.Count) {
+		page = largeRoomJoinPage
+	}
+	if err := c.joinHub(ctx, cmd, page); err != nil {
 		if !member {
-			_ = n.broker.Leave(ctx, room, c.presence)
+			_, _ = n.broker.Leave(ctx, room, c.presence)
 			_ = n.subs.release(ctx, broker.Room(room))
 		}
 		return err
@@ -174,25 +185,25 @@ func (c *Conn) join(ctx context.Context, cmd *protocol.Command) error {
 			c.rooms = make(map[string]struct{})
 		}
 		c.rooms[room] = struct{}{}
-		c.emitPresence(ctx, "joined", room)
+		c.announce(ctx, room, presence, true)
 	}
 	return nil
 }
 
 // joinHub reads the history and hands the reply to the Hub, again if the Hub
 // delivered messages newer than the read in the meantime.
-func (c *Conn) joinHub(ctx context.Context, cmd *protocol.Command) error {
+func (c *Conn) joinHub(ctx context.Context, cmd *protocol.Command, membersPage int) error {
 	n := c.node
 	for attempt := 0; ; attempt++ {
 		h, err := n.broker.History(ctx, cmd.Room, broker.HistoryQuery{})
 		if err != nil {
 			return brokerError("history of "+cmd.Room, err)
 		}
-		members, err := n.broker.Members(ctx, cmd.Room)
+		page, err := n.broker.Members(ctx, cmd.Room, broker.MembersQuery{Limit: membersPage})
 		if err != nil {
 			return brokerError("members of "+cmd.Room, err)
 		}
-		res := joinResult{Room: cmd.Room, Epoch: h.Epoch, Seq: h.Seq, Members: nonNil(members)}
+		res := joinResult{Room: cmd.Room, Epoch: h.Epoch, Seq: h.Seq, Members: nonNil(page.Members), Count: page.Count}
 		res.History, res.Recovered = recoverSince(cmd.Since, h)
 		reply := encodeReply(cmd.ID, res, nil)
 		r, err := n.hub.Join(hub.JoinRequest{Client: c.client, Room: cmd.Room, Epoch: h.Epoch, Seq: h.Seq, Reply: reply})
@@ -245,12 +256,44 @@ func (c *Conn) leave(ctx context.Context, cmd *protocol.Command) error {
 func (c *Conn) leaveRoom(ctx context.Context, room string) {
 	delete(c.rooms, room)
 	n := c.node
-	if err := n.broker.Leave(ctx, room, c.presence); err != nil {
+	presence, err := n.broker.Leave(ctx, room, c.presence)
+	if err != nil {
 		_ = brokerError("leave "+room, err)
 	}
-	c.emitPresence(ctx, "left", room)
+	c.announce(ctx, room, presence, false)
 	if err := n.subs.release(ctx, broker.Room(room)); err != nil {
 		_ = brokerError("unsubscribe "+room, err)
+	}
+}
+
+// announce tells a room's members that this connection joined or left
+// (p: the room's presence right after). A room of at most
+// Chat.PresenceEventLimit members hears of every connection, a joined or
+// left event to each member: O(N) events per join, O(N^2) for a room
+// filling up. A larger room hears only of its users' comings and goings,
+// which every node with members gathers into a presence event per
+// Chat.PresenceInterval (Node.presenceLoop). The room's size is counted
+// with this user in it, so that the join that takes a room over the limit
+// and the leave that brings it back are both on the large side.
+func (c *Conn) announce(ctx context.Context, room string, p broker.RoomPresence, joined bool) {
+	size := p.Count
+	if !joined && p.Changed {
+		size++
+	}
+	if !c.node.largeRoom(size) {
+		kind := "left"
+		if joined {
+			kind = "joined"
+		}
+		c.emitPresence(ctx, kind, room)
+		return
+	}
+	if !p.Changed {
+		return // the user was there before and stays: nothing to tell
+	}
+	d := broker.Delivery{Kind: broker.KindPresence, Topic: broker.Room(room), User: c.client.User, Joined: joined}
+	if err := c.node.broker.Emit(ctx, d); err != nil {
+		_ = brokerError("presence in "+room, err)
 	}
 }
 

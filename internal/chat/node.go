@@ -49,6 +49,8 @@ type Node struct {
 	wg        sync.WaitGroup     // one per live connection
 
 	flushers []*flusher // write the connections (writer.go); one per CPU
+
+	presenceStop, presenceDone chan struct{} // presenceLoop's
 }
 
 // NewBroker makes the node's broker, given the node's id and the handler it
@@ -77,8 +79,51 @@ func NewNode(cfg config.ChatConf, newBroker NewBroker) (*Node, error) {
 	for range runtime.GOMAXPROCS(0) {
 		n.flushers = append(n.flushers, newFlusher(cfg.CoalesceWindow))
 	}
+	n.presenceStop, n.presenceDone = make(chan struct{}), make(chan struct{})
 	go h.Run()
+	go n.presenceLoop()
 	return n, nil
+}
+
+// presenceLoop sends the members of each large room on this node, once
+// per Chat.PresenceInterval at most and only when something changed, who
+// joined and left it and how many are present (SPEC §15).
+func (n *Node) presenceLoop() {
+	defer close(n.presenceDone)
+	interval := n.cfg.PresenceInterval
+	if interval <= 0 {
+		interval = time.Second
+	}
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-n.presenceStop:
+			return
+		case <-ticker.C:
+			n.sendPresence()
+		}
+	}
+}
+
+func (n *Node) sendPresence() {
+	for _, pc := range n.hub.TakePresence() {
+		ctx, cancel := brokerContext(context.Background())
+		page, err := n.broker.Members(ctx, pc.Room, broker.MembersQuery{Limit: 1})
+		cancel()
+		if err != nil {
+			_ = brokerError("presence count of "+pc.Room, err) // best effort: these changes are not told
+			continue
+		}
+		event := protocol.PresenceDiff{Type: "presence", Room: pc.Room, Count: page.Count,
+			Joined: firstNames(pc.Joined), Left: firstNames(pc.Left)}
+		n.hub.Deliver(broker.Delivery{Kind: broker.KindEvent, Topic: broker.Room(pc.Room), Payload: protocol.MustEncode(event)})
+	}
+}
+
+// firstNames caps a presence event's list; the count covers the rest.
+func firstNames(users []string) []string {
+	return nonNil(users[:min(len(users), protocol.MaxPresenceNames)])
 }
 
 // NewNodeID is random per process, so that two replicas on one host differ.
@@ -167,15 +212,42 @@ func nonNil[T any](s []T) []T {
 	return s
 }
 
-// Members lists a room's members cluster-wide.
-func (n *Node) Members(ctx context.Context, room string) ([]protocol.Member, error) {
+// Members lists a page of a room's members cluster-wide, after the user
+// after ("": from the first), at most limit (0: the default page, which is
+// the whole of a room within Chat.PresenceEventLimit), and counts them all.
+func (n *Node) Members(ctx context.Context, room, after string, limit int) (broker.MembersPage, error) {
 	if err := protocol.CheckRoom(room); err != nil {
-		return nil, err
+		return broker.MembersPage{}, err
+	}
+	if limit == 0 {
+		limit = n.membersPage()
+	}
+	if largest := max(maxMembersPage, n.membersPage()); limit < 0 || limit > largest {
+		return broker.MembersPage{}, protocol.Errorf(protocol.CodeBadRequest, "limit must be 1 to %d, or 0 for %d", largest, n.membersPage())
 	}
 	ctx, cancel := brokerContext(ctx)
 	defer cancel()
-	m, err := n.broker.Members(ctx, room)
-	return nonNil(m), brokerError("members of "+room, err)
+	page, err := n.broker.Members(ctx, room, broker.MembersQuery{After: after, Limit: limit})
+	page.Members = nonNil(page.Members)
+	return page, brokerError("members of "+room, err)
+}
+
+const (
+	// maxMembersPage is the largest page of members a client may ask for.
+	maxMembersPage = 1000
+	// largeRoomJoinPage is how many members a join reply lists of a room
+	// over Chat.PresenceEventLimit; members pages through the rest.
+	largeRoomJoinPage = 100
+)
+
+// membersPage is the default page of members: a room small enough for
+// joined/left events is listed whole.
+func (n *Node) membersPage() int { return max(n.cfg.PresenceEventLimit, 0) }
+
+// largeRoom reports whether a room of size users sends presence diffs
+// instead of joined/left (Chat.PresenceEventLimit; 0: never).
+func (n *Node) largeRoom(size int) bool {
+	return n.cfg.PresenceEventLimit > 0 && size > n.cfg.PresenceEventLimit
 }
 
 // Rooms lists the rooms with someone present, cluster-wide.
@@ -325,6 +397,8 @@ func (n *Node) drain() {
 	for _, f := range n.flushers {
 		f.stop() // no connection is left to write
 	}
+	close(n.presenceStop)
+	<-n.presenceDone
 	n.hub.Stop()
 	if err := n.broker.Close(); err != nil {
 		logx.Errorf("close broker: %v", err)

@@ -39,6 +39,10 @@ type ChatConf struct {
 	HistoryTTL         time.Duration `json:",default=24h"`
 	HistoryMaxBytes    int64         `json:",default=67108864"` // all rooms' history in the in-memory broker
 	PresenceTTL        time.Duration `json:",default=60s"`
+	// Above PresenceEventLimit members a room sends periodic "presence"
+	// diffs (at most one per PresenceInterval) instead of joined/left.
+	PresenceEventLimit int           `json:",default=500"`
+	PresenceInterval   time.Duration `json:",default=1s"`
 	DrainTimeout       time.Duration `json:",default=10s"`
 	CoalesceWindow     time.Duration `json:",default=50ms"` // least time between two writes to a busy connection
 	AllowedOrigins     []string      `json:",optional"`

@@ -6,6 +6,7 @@ package hub
 
 import (
 	"errors"
+	"slices"
 	"sync/atomic"
 
 	"chat/internal/broker"
@@ -24,6 +25,7 @@ type Hub struct {
 	leaves     chan leaveRequest
 	deliveries chan broker.Delivery
 	closeAll   chan CloseRequest
+	presence   chan chan []PresenceChanges
 	quit       chan struct{}
 	done       chan struct{}
 
@@ -56,6 +58,9 @@ type room struct {
 	// several times as much to walk); index finds a member's place in it.
 	members []member
 	index   map[*Client]int
+	// changes gathers a large room's joins and leaves (KindPresence) until
+	// TakePresence hands them out: per user, +1 joined, -1 left, 0 both.
+	changes map[string]int
 }
 
 // member is a client in a room and what its join reply covered: later
@@ -111,6 +116,7 @@ func New(deliveryBuffer int) *Hub {
 		leaves:     make(chan leaveRequest),
 		deliveries: make(chan broker.Delivery, deliveryBuffer),
 		closeAll:   make(chan CloseRequest),
+		presence:   make(chan chan []PresenceChanges),
 		quit:       make(chan struct{}),
 		done:       make(chan struct{}),
 		clients:    make(map[*Client]struct{}),
@@ -178,6 +184,8 @@ func (h *Hub) Run() {
 			for c := range h.clients {
 				c.Close(req)
 			}
+		case out := <-h.presence:
+			out <- h.takePresence()
 		case <-h.quit:
 			h.flush()
 			return
@@ -249,6 +257,50 @@ func (h *Hub) Deliver(d broker.Delivery) {
 	case h.deliveries <- d:
 	case <-h.done:
 	}
+}
+
+// PresenceChanges are the users that joined and left a large room since
+// the last TakePresence, as this node heard of them (KindPresence), net of
+// each other: a user who joined and left in between is in neither.
+type PresenceChanges struct {
+	Room         string
+	Joined, Left []string // sorted
+}
+
+// TakePresence hands out, and forgets, the presence changes of every room
+// with local members that has any. The node turns them into "presence"
+// events (it reads the count from the broker, which the Hub must not call).
+func (h *Hub) TakePresence() []PresenceChanges {
+	out := make(chan []PresenceChanges, 1)
+	select {
+	case h.presence <- out:
+		return <-out
+	case <-h.done:
+		return nil
+	}
+}
+
+func (h *Hub) takePresence() []PresenceChanges {
+	var all []PresenceChanges
+	for name, r := range h.rooms {
+		if len(r.changes) == 0 {
+			continue
+		}
+		pc := PresenceChanges{Room: name}
+		for user, n := range r.changes {
+			switch {
+			case n > 0:
+				pc.Joined = append(pc.Joined, user)
+			case n < 0:
+				pc.Left = append(pc.Left, user)
+			}
+		}
+		slices.Sort(pc.Joined)
+		slices.Sort(pc.Left)
+		r.changes = nil
+		all = append(all, pc)
+	}
+	return all
 }
 
 // CloseAll asks every client to close (shutdown: 1001 after a flush).
@@ -459,6 +511,19 @@ func (h *Hub) deliver(d broker.Delivery) {
 			}
 			for _, m := range r.members {
 				h.send(m.client, d.Payload)
+			}
+		}
+	case broker.KindPresence:
+		if r := h.rooms[d.Topic.Name]; r != nil {
+			if r.changes == nil {
+				r.changes = make(map[string]int)
+			}
+			// A join and a leave cancel out; repeats of one (the user's
+			// connections on several nodes) do not add up.
+			if d.Joined {
+				r.changes[d.User] = min(r.changes[d.User]+1, 1)
+			} else {
+				r.changes[d.User] = max(r.changes[d.User]-1, -1)
 			}
 		}
 	case broker.KindKick:

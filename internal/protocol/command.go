@@ -18,6 +18,7 @@ type Command struct {
 	Since  *Position       `json:"since"`
 	Before int64           `json:"before"`
 	Limit  int             `json:"limit"` // 0 (or absent): the default page
+	After  string          `json:"after"` // members: the page after this user
 }
 
 // Position is a point in a room's sequence: the last message a client saw.

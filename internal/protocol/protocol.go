@@ -174,6 +174,22 @@ type Presence struct {
 	Client string `json:"client"`
 }
 
+// PresenceDiff replaces joined/left in a room of more than
+// Chat.PresenceEventLimit members (SPEC §15): at most one per
+// Chat.PresenceInterval, with the exact count of users present and the
+// users that joined or left since the last one (at most MaxPresenceNames
+// each; the count covers the rest).
+type PresenceDiff struct {
+	Type   string   `json:"type"` // always "presence"
+	Room   string   `json:"room"`
+	Count  int      `json:"count"`
+	Joined []string `json:"joined"`
+	Left   []string `json:"left"`
+}
+
+// MaxPresenceNames caps each list of a PresenceDiff.
+const MaxPresenceNames = 100
+
 // Typing tells a room's members that a user is typing.
 type Typing struct {
 	Type string `json:"type"`

@@ -30,9 +30,16 @@ type Member struct {
 	Connections int    `json:"connections"`
 }
 
+type MembersReq struct {
+	Room  string `path:"room"`
+	After string `form:"after,optional"`
+	Limit int    `form:"limit,optional"` // 0: the default page
+}
+
 type MembersResp struct {
 	Room    string   `json:"room"`
 	Members []Member `json:"members"`
+	Count   int      `json:"count"`
 }
 
 type Message struct {

@@ -42,6 +42,15 @@ type Cluster interface {
 	Advance(t *testing.T, d time.Duration)
 }
 
+// Crasher is a Cluster whose nodes can die without a word, as a killed
+// process does: Crash stops n without removing its presence, which must
+// then expire after PresenceTTL. The suite calls Crash instead of Close, at
+// most once per node. A Cluster without it (the memory backend, whose
+// Close stands for a dead replica) has its nodes closed instead.
+type Crasher interface {
+	Crash(t *testing.T, n broker.Broker) error
+}
+
 // Options are what the suite passes to newCluster unless a subtest needs
 // other values: a short PresenceTTL so that the presence tests of a real
 // backbone wait about a second.
@@ -97,6 +106,14 @@ func Run(t *testing.T, newCluster func(t *testing.T, opts broker.Options) Cluste
 		{"UserConnectionsCountsEveryNode", s.userConnectionsCountsEveryNode},
 		{"ClosedNodePresenceDisappears", s.closedNodePresenceDisappears},
 		{"LiveNodePresenceOutlastsPresenceTTL", s.liveNodePresenceOutlastsPresenceTTL},
+		{"JoinAndLeaveReportTheUsersFirstAndLastConnection", s.joinAndLeaveReportTheUsersFirstAndLastConnection},
+		{"RepeatedJoinChangesNothing", s.repeatedJoinChangesNothing},
+		{"ConcurrentJoinsOfOneUserChangeItOnce", s.concurrentJoinsOfOneUserChangeItOnce},
+		{"MembersPagesAreSortedAfterExclusiveAndCounted", s.membersPagesAreSortedAfterExclusiveAndCounted},
+		{"PagingAThousandUsersSeesEachOnce", s.pagingAThousandUsersSeesEachOnce},
+		{"DisconnectUpdatesCountsInEveryRoom", s.disconnectUpdatesCountsInEveryRoom},
+		{"DeadNodeLeavesTheCountWithoutLeave", s.deadNodeLeavesTheCountWithoutLeave},
+		{"PresenceEventReachesRoomSubscribersIntact", s.presenceEventReachesRoomSubscribersIntact},
 		{"PublishWithCancelledContextFails", s.publishWithCancelledContextFails},
 		{"PingAnswers", s.pingAnswers},
 	}
@@ -145,6 +162,23 @@ func (e *env) node() *node {
 func (n *node) close() error {
 	n.closeOnce.Do(func() { n.closeErr = n.Broker.Close() })
 	return n.closeErr
+}
+
+// die stops n as a crash would where the cluster can crash nodes, and
+// closes it where it cannot.
+func (e *env) die(n *node) {
+	e.t.Helper()
+	crasher, ok := e.cluster.(Crasher)
+	if !ok {
+		if err := n.close(); err != nil {
+			e.t.Fatalf("close: %v", err)
+		}
+		return
+	}
+	n.closeOnce.Do(func() { n.closeErr = crasher.Crash(e.t, n.Broker) })
+	if n.closeErr != nil {
+		e.t.Fatalf("crash: %v", n.closeErr)
+	}
 }
 
 func (e *env) nodes(count int) []*node {
@@ -820,7 +854,7 @@ func present(t *testing.T, n broker.Broker, nodeID string, c broker.Conn, rooms 
 		t.Fatalf("connect %+v: %v", c, err)
 	}
 	for _, room := range rooms {
-		if err := n.Join(ctxFor(t), room, c); err != nil {
+		if _, err := n.Join(ctxFor(t), room, c); err != nil {
 			t.Fatalf("join %s %+v: %v", room, c, err)
 		}
 	}
@@ -829,11 +863,14 @@ func present(t *testing.T, n broker.Broker, nodeID string, c broker.Conn, rooms 
 
 func members(t *testing.T, n broker.Broker, room string) []protocol.Member {
 	t.Helper()
-	got, err := n.Members(ctxFor(t), room)
+	got, err := n.Members(ctxFor(t), room, broker.MembersQuery{})
 	if err != nil {
 		t.Fatalf("members of %s: %v", room, err)
 	}
-	return got
+	if got.Count != len(got.Members) {
+		t.Fatalf("members of %s: count %d for a whole list of %d", room, got.Count, len(got.Members))
+	}
+	return got.Members
 }
 
 func sameMembers(got, want []protocol.Member) bool {
@@ -886,7 +923,7 @@ func (s *suite) leaveAndDisconnectRemoveMembers(t *testing.T) {
 	alice2 := present(t, b, "node-b", conn("c2", "alice"), "lobby")
 	bob := present(t, b, "node-b", conn("c3", "bob"), "lobby", "other")
 	ctx := ctxFor(t)
-	if err := b.Leave(ctx, "lobby", alice2); err != nil {
+	if _, err := b.Leave(ctx, "lobby", alice2); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := members(t, a, "lobby"), []protocol.Member{{User: "alice", Connections: 1}, {User: "bob", Connections: 1}}; !sameMembers(got, want) {
@@ -901,7 +938,7 @@ func (s *suite) leaveAndDisconnectRemoveMembers(t *testing.T) {
 	if got := members(t, b, "other"); len(got) != 0 {
 		t.Fatalf("a disconnect leaves every room; members of other = %+v", got)
 	}
-	if err := a.Leave(ctx, "lobby", alice1); err != nil {
+	if _, err := a.Leave(ctx, "lobby", alice1); err != nil {
 		t.Fatal(err)
 	}
 	if got := members(t, b, "lobby"); len(got) != 0 {
@@ -918,7 +955,7 @@ func (s *suite) roomsListsRoomsWithSomeonePresent(t *testing.T) {
 	present(t, b, "node-b", conn("c2", "alice"), "lobby")
 	present(t, b, "node-b", conn("c3", "bob"), "lobby", "other")
 	left := present(t, b, "node-b", conn("c4", "carol"), "gone")
-	if err := b.Leave(ctxFor(t), "gone", left); err != nil {
+	if _, err := b.Leave(ctxFor(t), "gone", left); err != nil {
 		t.Fatal(err)
 	}
 	want := []broker.RoomInfo{{Room: "lobby", Members: 2, Seq: 3}, {Room: "other", Members: 1, Seq: 0}}
@@ -991,6 +1028,337 @@ func (s *suite) liveNodePresenceOutlastsPresenceTTL(t *testing.T) {
 	}
 	if got := userConnections(t, a, "alice"); got != 1 {
 		t.Fatalf("a live node's connection expired: alice has %d connections", got)
+	}
+}
+
+// at is c on node nodeID.
+func at(nodeID string, c broker.Conn) broker.Conn {
+	c.Node = nodeID
+	return c
+}
+
+func join(t *testing.T, n broker.Broker, room string, c broker.Conn) broker.RoomPresence {
+	t.Helper()
+	p, err := n.Join(ctxFor(t), room, c)
+	if err != nil {
+		t.Fatalf("join %s %+v: %v", room, c, err)
+	}
+	return p
+}
+
+func leave(t *testing.T, n broker.Broker, room string, c broker.Conn) broker.RoomPresence {
+	t.Helper()
+	p, err := n.Leave(ctxFor(t), room, c)
+	if err != nil {
+		t.Fatalf("leave %s %+v: %v", room, c, err)
+	}
+	return p
+}
+
+func membersPage(t *testing.T, n broker.Broker, room string, q broker.MembersQuery) broker.MembersPage {
+	t.Helper()
+	page, err := n.Members(ctxFor(t), room, q)
+	if err != nil {
+		t.Fatalf("members of %s %+v: %v", room, q, err)
+	}
+	return page
+}
+
+func (s *suite) joinAndLeaveReportTheUsersFirstAndLastConnection(t *testing.T) {
+	e := s.env(t, Options)
+	a, b := e.node(), e.node()
+	alice1, alice2 := at("node-a", conn("c1", "alice")), at("node-b", conn("c2", "alice"))
+	bob, carol := at("node-b", conn("c3", "bob")), at("node-a", conn("c4", "carol"))
+	steps := []struct {
+		what  string
+		do    func() broker.RoomPresence
+		count int
+		first bool // Changed
+	}{
+		{"alice's first connection joins", func() broker.RoomPresence { return join(t, a, "lobby", alice1) }, 1, true},
+		{"alice's second joins on another node", func() broker.RoomPresence { return join(t, b, "lobby", alice2) }, 1, false},
+		{"bob joins", func() broker.RoomPresence { return join(t, b, "lobby", bob) }, 2, true},
+		{"carol joins another room", func() broker.RoomPresence { return join(t, a, "other", carol) }, 1, true},
+		{"alice's first connection leaves", func() broker.RoomPresence { return leave(t, a, "lobby", alice1) }, 2, false},
+		{"it leaves again", func() broker.RoomPresence { return leave(t, a, "lobby", alice1) }, 2, false},
+		{"a connection that never joined leaves", func() broker.RoomPresence { return leave(t, b, "lobby", carol) }, 2, false},
+		{"alice's last connection leaves", func() broker.RoomPresence { return leave(t, b, "lobby", alice2) }, 1, true},
+		{"bob leaves", func() broker.RoomPresence { return leave(t, b, "lobby", bob) }, 0, true},
+		{"bob leaves the empty room again", func() broker.RoomPresence { return leave(t, b, "lobby", bob) }, 0, false},
+	}
+	for _, step := range steps {
+		if got, want := step.do(), (broker.RoomPresence{Count: step.count, Changed: step.first}); got != want {
+			t.Fatalf("%s: %+v, want %+v", step.what, got, want)
+		}
+	}
+}
+
+func (s *suite) repeatedJoinChangesNothing(t *testing.T) {
+	e := s.env(t, Options)
+	a, b := e.node(), e.node()
+	alice := at("node-a", conn("c1", "alice"))
+	join(t, a, "lobby", alice)
+	if got, want := join(t, a, "lobby", alice), (broker.RoomPresence{Count: 1}); got != want {
+		t.Fatalf("second join of the same connection: %+v, want %+v", got, want)
+	}
+	if got, want := members(t, b, "lobby"), []protocol.Member{{User: "alice", Connections: 1}}; !sameMembers(got, want) {
+		t.Fatalf("after a repeated join: members = %+v, want %+v", got, want)
+	}
+	if got, want := leave(t, a, "lobby", alice), (broker.RoomPresence{Count: 0, Changed: true}); got != want {
+		t.Fatalf("one leave after two joins: %+v, want %+v (a join is not counted twice)", got, want)
+	}
+}
+
+func (s *suite) concurrentJoinsOfOneUserChangeItOnce(t *testing.T) {
+	e := s.env(t, Options)
+	nodes := []*node{e.node(), e.node()}
+	const users, perUser = 5, 10
+	type result struct {
+		c broker.Conn
+		p broker.RoomPresence
+	}
+	run := func(op func(n broker.Broker, c broker.Conn) (broker.RoomPresence, error)) []result {
+		results := make(chan result, users*perUser)
+		errs := make(chan error, users*perUser)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := 0; i < users*perUser; i++ {
+			n := nodes[i%len(nodes)]
+			c := at(fmt.Sprintf("node-%d", i%len(nodes)), conn(fmt.Sprintf("c%d", i), fmt.Sprintf("user%d", i%users)))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				p, err := op(n, c)
+				if err != nil {
+					errs <- err
+					return
+				}
+				results <- result{c, p}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		close(results)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		var out []result
+		for r := range results {
+			out = append(out, r)
+		}
+		return out
+	}
+	changedPerUser := func(rs []result) map[string]int {
+		changed := make(map[string]int)
+		for _, r := range rs {
+			if r.p.Changed {
+				changed[r.c.User]++
+			}
+			if r.p.Count < 0 || r.p.Count > users {
+				t.Fatalf("%+v reported count %d, want 0..%d", r.c, r.p.Count, users)
+			}
+		}
+		return changed
+	}
+	joins := run(func(n broker.Broker, c broker.Conn) (broker.RoomPresence, error) {
+		return n.Join(context.Background(), "lobby", c)
+	})
+	for u := 0; u < users; u++ {
+		if user := fmt.Sprintf("user%d", u); changedPerUser(joins)[user] != 1 {
+			t.Fatalf("%d of %s's %d concurrent joins reported Changed, want exactly 1", changedPerUser(joins)[user], user, perUser)
+		}
+	}
+	page := membersPage(t, nodes[0], "lobby", broker.MembersQuery{})
+	if page.Count != users || len(page.Members) != users {
+		t.Fatalf("after the joins: count %d, members %+v, want %d users", page.Count, page.Members, users)
+	}
+	for _, m := range page.Members {
+		if m.Connections != perUser {
+			t.Fatalf("after the joins: %s has %d connections, want %d", m.User, m.Connections, perUser)
+		}
+	}
+	leaves := run(func(n broker.Broker, c broker.Conn) (broker.RoomPresence, error) {
+		return n.Leave(context.Background(), "lobby", c)
+	})
+	for u := 0; u < users; u++ {
+		if user := fmt.Sprintf("user%d", u); changedPerUser(leaves)[user] != 1 {
+			t.Fatalf("%d of %s's %d concurrent leaves reported Changed, want exactly 1", changedPerUser(leaves)[user], user, perUser)
+		}
+	}
+	if page := membersPage(t, nodes[1], "lobby", broker.MembersQuery{}); page.Count != 0 || len(page.Members) != 0 {
+		t.Fatalf("after every leave: %+v, want an empty room", page)
+	}
+}
+
+func (s *suite) membersPagesAreSortedAfterExclusiveAndCounted(t *testing.T) {
+	e := s.env(t, Options)
+	a, b := e.node(), e.node()
+	// Joined out of order, over two nodes; alice twice.
+	present(t, a, "node-a", conn("c1", "dave"), "lobby")
+	present(t, b, "node-b", conn("c2", "alice"), "lobby")
+	present(t, a, "node-a", conn("c3", "erin"), "lobby")
+	present(t, a, "node-a", conn("c4", "bob"), "lobby")
+	present(t, a, "node-a", conn("c5", "alice"), "lobby")
+	present(t, b, "node-b", conn("c6", "carol"), "lobby")
+	present(t, b, "node-b", conn("c7", "Zed"), "other") // in another room: not counted
+	m := func(user string, n int) protocol.Member { return protocol.Member{User: user, Connections: n} }
+	all := []protocol.Member{m("alice", 2), m("bob", 1), m("carol", 1), m("dave", 1), m("erin", 1)}
+	tests := []struct {
+		q    broker.MembersQuery
+		want []protocol.Member
+	}{
+		{broker.MembersQuery{}, all},
+		{broker.MembersQuery{Limit: 2}, all[:2]},
+		{broker.MembersQuery{After: "bob", Limit: 2}, all[2:4]},
+		{broker.MembersQuery{After: "dave", Limit: 2}, all[4:]},
+		{broker.MembersQuery{After: "erin", Limit: 2}, nil},
+		{broker.MembersQuery{After: "zz"}, nil},
+		{broker.MembersQuery{After: "b"}, all[1:]},     // not a member: starts at the next user
+		{broker.MembersQuery{After: "alice"}, all[1:]}, // exclusive
+		{broker.MembersQuery{After: "Alice"}, all},     // byte order: upper case first
+		{broker.MembersQuery{Limit: 100}, all},         // a limit past the end
+		{broker.MembersQuery{After: "carol", Limit: 1}, all[3:4]},
+	}
+	for _, tc := range tests {
+		for i, n := range []*node{a, b} {
+			page := membersPage(t, n, "lobby", tc.q)
+			if !sameMembers(page.Members, tc.want) || page.Count != len(all) {
+				t.Fatalf("node %d: members %+v = %+v (count %d), want %+v (count %d)", i, tc.q, page.Members, page.Count, tc.want, len(all))
+			}
+		}
+	}
+	if page := membersPage(t, a, "empty", broker.MembersQuery{Limit: 10}); page.Count != 0 || len(page.Members) != 0 {
+		t.Fatalf("a room nobody joined: %+v, want no members and count 0", page)
+	}
+}
+
+func (s *suite) pagingAThousandUsersSeesEachOnce(t *testing.T) {
+	e := s.env(t, Options)
+	nodes := []*node{e.node(), e.node()}
+	const users, pageSize, workers = 1000, 100, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < users; i += workers {
+				c := at(fmt.Sprintf("node-%d", i%2), conn(fmt.Sprintf("c%d", i), fmt.Sprintf("user%04d", i)))
+				if _, err := nodes[i%2].Join(context.Background(), "big", c); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("join: %v", err)
+	}
+	var seen []string
+	q := broker.MembersQuery{Limit: pageSize}
+	for pages := 0; ; pages++ {
+		if pages > users/pageSize {
+			t.Fatalf("paging went on past %d pages", pages)
+		}
+		page := membersPage(t, nodes[pages%2], "big", q)
+		if page.Count != users {
+			t.Fatalf("page %d: count %d, want %d", pages, page.Count, users)
+		}
+		if len(page.Members) == 0 {
+			break
+		}
+		if len(page.Members) > pageSize {
+			t.Fatalf("page %d has %d members, limit %d", pages, len(page.Members), pageSize)
+		}
+		for _, m := range page.Members {
+			if m.Connections != 1 {
+				t.Fatalf("%s has %d connections, want 1", m.User, m.Connections)
+			}
+			seen = append(seen, m.User)
+		}
+		q.After = page.Members[len(page.Members)-1].User
+	}
+	if len(seen) != users || !sort.StringsAreSorted(seen) {
+		t.Fatalf("paging saw %d users (sorted: %v), want %d in order", len(seen), sort.StringsAreSorted(seen), users)
+	}
+	for i, user := range seen {
+		if want := fmt.Sprintf("user%04d", i); user != want {
+			t.Fatalf("user %d of the pages is %s, want %s (each once)", i, user, want)
+		}
+	}
+}
+
+func (s *suite) disconnectUpdatesCountsInEveryRoom(t *testing.T) {
+	e := s.env(t, Options)
+	a, b := e.node(), e.node()
+	bob := present(t, a, "node-a", conn("c1", "bob"), "lobby", "other", "third")
+	present(t, b, "node-b", conn("c2", "alice"), "lobby")
+	present(t, b, "node-b", conn("c3", "bob"), "third")
+	if err := a.Disconnect(ctxFor(t), bob); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+	want := map[string]int{"lobby": 1, "other": 0, "third": 1}
+	for room, count := range want {
+		if page := membersPage(t, b, room, broker.MembersQuery{}); page.Count != count {
+			t.Fatalf("after bob's connection c1 disconnected: %s counts %d (%+v), want %d", room, page.Count, page.Members, count)
+		}
+	}
+	if got, want := rooms(t, b), []broker.RoomInfo{{Room: "lobby", Members: 1}, {Room: "third", Members: 1}}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("rooms after the disconnect = %+v, want %+v", got, want)
+	}
+	if got := join(t, b, "other", at("node-b", conn("c4", "carol"))); got != (broker.RoomPresence{Count: 1, Changed: true}) {
+		t.Fatalf("carol joining the room bob's disconnect emptied: %+v, want count 1, changed", got)
+	}
+}
+
+func (s *suite) deadNodeLeavesTheCountWithoutLeave(t *testing.T) {
+	e := s.env(t, Options)
+	dying, live := e.node(), e.node()
+	present(t, dying, "node-dying", conn("c1", "alice"), "lobby")
+	present(t, dying, "node-dying", conn("c2", "bob"), "lobby")
+	present(t, live, "node-live", conn("c3", "bob"), "lobby")
+	present(t, live, "node-live", conn("c4", "carol"), "lobby")
+	if page := membersPage(t, live, "lobby", broker.MembersQuery{}); page.Count != 3 {
+		t.Fatalf("before the node died: count %d, want 3", page.Count)
+	}
+	e.die(dying)
+	want := []protocol.Member{{User: "bob", Connections: 1}, {User: "carol", Connections: 1}}
+	e.eventually(e.opts.PresenceTTL+presenceSlack, "the dead node's connections leaving the count", func() bool {
+		page := membersPage(t, live, "lobby", broker.MembersQuery{})
+		return page.Count == 2 && sameMembers(page.Members, want)
+	})
+	// The room's index lost alice for good: she can be new to it again.
+	if got := join(t, live, "lobby", at("node-live", conn("c5", "alice"))); got != (broker.RoomPresence{Count: 3, Changed: true}) {
+		t.Fatalf("alice joining again after her node died: %+v, want count 3, changed", got)
+	}
+	if got := leave(t, live, "lobby", at("node-live", conn("c3", "bob"))); got != (broker.RoomPresence{Count: 2, Changed: true}) {
+		t.Fatalf("bob's live connection leaving after his dead one expired: %+v, want count 2, changed", got)
+	}
+}
+
+func (s *suite) presenceEventReachesRoomSubscribersIntact(t *testing.T) {
+	e := s.env(t, Options)
+	pub, sub, other := e.node(), e.node(), e.node()
+	subscribe(t, sub, broker.Room("lobby"))
+	subscribe(t, other, broker.Room("elsewhere"), broker.User("lobby"))
+	sent := []broker.Delivery{
+		{Kind: broker.KindPresence, Topic: broker.Room("lobby"), User: "alice", Joined: true},
+		{Kind: broker.KindPresence, Topic: broker.Room("lobby"), User: "bob+-P"},
+		{Kind: broker.KindPresence, Topic: broker.Room("lobby"), User: "alice"},
+	}
+	for _, d := range sent {
+		emit(t, pub, d)
+	}
+	sub.waitTopic(t, broker.Room("lobby"), len(sent))
+	if got := e.settle(sub, pub); !reflect.DeepEqual(got, sent) {
+		t.Fatalf("subscriber received %+v, want %+v in order", got, sent)
+	}
+	if got := e.settle(other, pub); len(got) != 0 {
+		t.Fatalf("a node not subscribed to room lobby received%s", describe(got))
 	}
 }
 

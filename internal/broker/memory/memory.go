@@ -5,6 +5,7 @@ package memory
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -28,9 +29,10 @@ type Backend struct {
 	oldest, newest *room
 	historyBytes   int64 // the estimate of every room in rooms: the sum of their bytes
 	nodes          map[*node]struct{}
-	conns          map[string]broker.Conn            // by client id
-	userConns      map[string]int                    // user -> its connections in conns, so counting them walks nothing
-	joins          map[string]map[string]broker.Conn // room -> client id -> conn
+	conns          map[string]broker.Conn         // by client id
+	userConns      map[string]int                 // user -> its connections in conns, so counting them walks nothing
+	presence       map[string]*presence           // room -> who is in it
+	clientRooms    map[string]map[string]struct{} // client id -> the rooms it is in
 }
 
 // The history bound (HistoryMaxBytes) counts an estimate, not the heap: a
@@ -88,7 +90,9 @@ func NewBackend(opts broker.Options) *Backend {
 		nodes:     make(map[*node]struct{}),
 		conns:     make(map[string]broker.Conn),
 		userConns: make(map[string]int),
-		joins:     make(map[string]map[string]broker.Conn),
+		presence:  make(map[string]*presence),
+
+		clientRooms: make(map[string]map[string]struct{}),
 	}
 }
 
@@ -350,11 +354,8 @@ func (b *Backend) removeConnLocked(client string) {
 		b.uncountLocked(c.User)
 		delete(b.conns, client)
 	}
-	for name, members := range b.joins {
-		delete(members, client)
-		if len(members) == 0 {
-			delete(b.joins, name)
-		}
+	for name := range b.clientRooms[client] {
+		b.leaveLocked(name, client)
 	}
 }
 
@@ -364,64 +365,131 @@ func (b *Backend) uncountLocked(user string) {
 	}
 }
 
-func (n *node) Join(ctx context.Context, name string, c broker.Conn) error {
-	b := n.backend
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	members := b.joins[name]
-	if members == nil {
-		members = make(map[string]broker.Conn)
-		b.joins[name] = members
-	}
-	members[c.Client] = c
-	return ctx.Err()
+// presence is who is in a room: its connections, and its users with their
+// connection counts, kept sorted for paging.
+type presence struct {
+	conns map[string]broker.Conn // by client id
+	users map[string]int         // connections per user
+	order []string               // the users, sorted; a change moves the string headers after it (160 KB at 10,000 users)
 }
 
-func (n *node) Leave(ctx context.Context, name string, c broker.Conn) error {
+func (p *presence) add(c broker.Conn) (changed bool) {
+	if _, ok := p.conns[c.Client]; ok {
+		return false
+	}
+	p.conns[c.Client] = c
+	if p.users[c.User]++; p.users[c.User] > 1 {
+		return false
+	}
+	i, _ := slices.BinarySearch(p.order, c.User)
+	p.order = slices.Insert(p.order, i, c.User)
+	return true
+}
+
+func (p *presence) remove(client string) (changed bool) {
+	c, ok := p.conns[client]
+	if !ok {
+		return false
+	}
+	delete(p.conns, client)
+	if p.users[c.User]--; p.users[c.User] > 0 {
+		return false
+	}
+	delete(p.users, c.User)
+	if i, found := slices.BinarySearch(p.order, c.User); found {
+		p.order = slices.Delete(p.order, i, i+1)
+	}
+	return true
+}
+
+func (n *node) Join(ctx context.Context, name string, c broker.Conn) (broker.RoomPresence, error) {
 	b := n.backend
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if members := b.joins[name]; members != nil {
-		delete(members, c.Client)
-		if len(members) == 0 {
-			delete(b.joins, name)
+	p := b.presence[name]
+	if p == nil {
+		p = &presence{conns: make(map[string]broker.Conn), users: make(map[string]int)}
+		b.presence[name] = p
+	}
+	changed := p.add(c)
+	rooms := b.clientRooms[c.Client]
+	if rooms == nil {
+		rooms = make(map[string]struct{})
+		b.clientRooms[c.Client] = rooms
+	}
+	rooms[name] = struct{}{}
+	return broker.RoomPresence{Count: len(p.order), Changed: changed}, ctx.Err()
+}
+
+func (n *node) Leave(ctx context.Context, name string, c broker.Conn) (broker.RoomPresence, error) {
+	b := n.backend
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	changed := b.leaveLocked(name, c.Client)
+	count := 0
+	if p := b.presence[name]; p != nil {
+		count = len(p.order)
+	}
+	return broker.RoomPresence{Count: count, Changed: changed}, ctx.Err()
+}
+
+// leaveLocked takes client out of room name and reports whether its user
+// left the room with it.
+func (b *Backend) leaveLocked(name, client string) bool {
+	if rooms := b.clientRooms[client]; rooms != nil {
+		delete(rooms, name)
+		if len(rooms) == 0 {
+			delete(b.clientRooms, client)
 		}
 	}
-	return ctx.Err()
+	p := b.presence[name]
+	if p == nil {
+		return false
+	}
+	changed := p.remove(client)
+	if len(p.conns) == 0 {
+		delete(b.presence, name)
+	}
+	return changed
 }
 
-func (n *node) Members(ctx context.Context, name string) ([]protocol.Member, error) {
+func (n *node) Members(ctx context.Context, name string, q broker.MembersQuery) (broker.MembersPage, error) {
 	b := n.backend
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return countByUser(b.joins[name]), ctx.Err()
-}
-
-// countByUser turns connections into members sorted by user.
-func countByUser(conns map[string]broker.Conn) []protocol.Member {
-	counts := make(map[string]int)
-	for _, c := range conns {
-		counts[c.User]++
+	p := b.presence[name]
+	if p == nil {
+		return broker.MembersPage{Members: []protocol.Member{}}, ctx.Err()
 	}
-	members := make([]protocol.Member, 0, len(counts))
-	for user, n := range counts {
-		members = append(members, protocol.Member{User: user, Connections: n})
+	users := p.order
+	if q.After != "" {
+		i, found := slices.BinarySearch(users, q.After)
+		if found {
+			i++
+		}
+		users = users[i:]
 	}
-	sort.Slice(members, func(i, j int) bool { return members[i].User < members[j].User })
-	return members
+	if q.Limit > 0 && len(users) > q.Limit {
+		users = users[:q.Limit]
+	}
+	page := broker.MembersPage{Members: make([]protocol.Member, len(users)), Count: len(p.order)}
+	for i, user := range users {
+		page.Members[i] = protocol.Member{User: user, Connections: p.users[user]}
+	}
+	return page, ctx.Err()
 }
 
 func (n *node) Rooms(ctx context.Context) ([]broker.RoomInfo, error) {
 	b := n.backend
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	rooms := make([]broker.RoomInfo, 0, len(b.joins))
-	for name, members := range b.joins {
+	rooms := make([]broker.RoomInfo, 0, len(b.presence))
+	for name, p := range b.presence {
 		var seq int64
 		if r := b.rooms[name]; r != nil && b.now().Before(r.expires) {
 			seq = r.seq
 		}
-		rooms = append(rooms, broker.RoomInfo{Room: name, Members: len(countByUser(members)), Seq: seq})
+		rooms = append(rooms, broker.RoomInfo{Room: name, Members: len(p.order), Seq: seq})
 	}
 	sort.Slice(rooms, func(i, j int) bool { return rooms[i].Room < rooms[j].Room })
 	return rooms, ctx.Err()

@@ -2,6 +2,7 @@ package redisbroker
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strconv"
 	"time"
@@ -17,13 +18,20 @@ import (
 // Redis 7.0 has no per-member expiry. Each node re-adds its own entries
 // every PresenceTTL/3, which also re-creates them after Redis came back
 // empty; a dead node's entries simply stop being refreshed and expire.
-// Readers ignore (and trim) members whose score is in the past.
+//
+// A room's presence changes only through the scripts of scripts.go, which
+// first trim the connections that expired and keep the room's index of
+// users (user -> connections, and the users in byte order) in step, so
+// that a join, a leave and a page of members cost O(log N) in the room's
+// size N and are exact cluster-wide. A user's connections (Connect) are a
+// sorted set of the user's own, read by counting the live scores.
 
-func (b *Broker) expiry() float64 {
-	return float64(time.Now().Add(b.opts.PresenceTTL).UnixMilli())
+// expiry is the score of an entry refreshed now.
+func (b *Broker) expiry() int64 {
+	return time.Now().Add(b.opts.PresenceTTL).UnixMilli()
 }
 
-func now() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
+func nowMillis() int64 { return time.Now().UnixMilli() }
 
 func (b *Broker) Connect(ctx context.Context, c broker.Conn) error {
 	b.mu.Lock()
@@ -35,13 +43,17 @@ func (b *Broker) Connect(ctx context.Context, c broker.Conn) error {
 	return wrapPresence("connect "+c.User, err)
 }
 
+// addConn records c in its user's presence, and drops the user's entries
+// that expired (the key lives as long as any connection refreshes it).
 func (b *Broker) addConn(ctx context.Context, pipe redis.Pipeliner, c broker.Conn) {
 	key := b.userPresenceKey(c.User)
-	pipe.ZAdd(ctx, key, redis.Z{Score: b.expiry(), Member: c.Client})
+	pipe.ZRemRangeByScore(ctx, key, "-inf", "("+strconv.FormatInt(nowMillis(), 10))
+	pipe.ZAdd(ctx, key, redis.Z{Score: float64(b.expiry()), Member: c.Client})
 	pipe.PExpire(ctx, key, 2*b.opts.PresenceTTL)
 }
 
-// Disconnect removes the connection and its presence in every room.
+// Disconnect removes the connection and its presence in every room, each
+// room's as one atomic step (the leave script).
 func (b *Broker) Disconnect(ctx context.Context, c broker.Conn) error {
 	b.mu.Lock()
 	delete(b.conns, c.Client)
@@ -56,16 +68,30 @@ func (b *Broker) Disconnect(ctx context.Context, c broker.Conn) error {
 		}
 	}
 	b.mu.Unlock()
-	pipe := b.rdb.TxPipeline()
+	pipe := b.rdb.Pipeline()
 	pipe.ZRem(ctx, b.userPresenceKey(c.User), c.Client)
-	for _, room := range rooms {
-		b.removeJoin(ctx, pipe, room, c)
+	calls := make([]scriptCall, len(rooms))
+	for i, room := range rooms {
+		calls[i] = b.leaveCall(room, []broker.Conn{c})
 	}
-	_, err := pipe.Exec(ctx)
+	_, err := b.execScripts(ctx, pipe, calls)
 	return wrapPresence("disconnect "+c.User, err)
 }
 
-func (b *Broker) Join(ctx context.Context, room string, c broker.Conn) error {
+// Join runs the join script. The node records the join for its refresh
+// only once Redis did: a refresh that ran the script first would take the
+// user's Changed from this call.
+func (b *Broker) Join(ctx context.Context, room string, c broker.Conn) (broker.RoomPresence, error) {
+	pipe := b.rdb.Pipeline()
+	pipe.ZAdd(ctx, b.roomsKey(), redis.Z{Score: float64(b.expiry()), Member: room})
+	cmds, err := b.execScripts(ctx, pipe, []scriptCall{b.joinCall(room, []broker.Conn{c})})
+	if err != nil {
+		return broker.RoomPresence{}, wrapPresence("join "+room, err)
+	}
+	p, err := roomPresence(cmds[0])
+	if err != nil {
+		return broker.RoomPresence{}, fmt.Errorf("join %s: %w", room, err)
+	}
 	b.mu.Lock()
 	members := b.joins[room]
 	if members == nil {
@@ -74,29 +100,12 @@ func (b *Broker) Join(ctx context.Context, room string, c broker.Conn) error {
 	}
 	members[c.Client] = c
 	b.mu.Unlock()
-	pipe := b.rdb.TxPipeline()
-	b.addJoin(ctx, pipe, room, c)
-	_, err := pipe.Exec(ctx)
-	return wrapPresence("join "+room, err)
+	return p, nil
 }
 
-func (b *Broker) addJoin(ctx context.Context, pipe redis.Pipeliner, room string, c broker.Conn) {
-	exp := b.expiry()
-	pipe.ZAdd(ctx, b.roomPresenceKey(room), redis.Z{Score: exp, Member: c.Client})
-	pipe.HSet(ctx, b.roomUsersKey(room), c.Client, c.User)
-	pipe.ZAdd(ctx, b.roomsKey(), redis.Z{Score: exp, Member: room})
-	for _, key := range []string{b.roomPresenceKey(room), b.roomUsersKey(room)} {
-		pipe.PExpire(ctx, key, 2*b.opts.PresenceTTL)
-	}
-}
-
-// removeJoin is addJoin's inverse.
-func (b *Broker) removeJoin(ctx context.Context, pipe redis.Pipeliner, room string, c broker.Conn) {
-	pipe.ZRem(ctx, b.roomPresenceKey(room), c.Client)
-	pipe.HDel(ctx, b.roomUsersKey(room), c.Client)
-}
-
-func (b *Broker) Leave(ctx context.Context, room string, c broker.Conn) error {
+// Leave runs the leave script. The node forgets the join first, so that
+// its refresh stops re-adding it.
+func (b *Broker) Leave(ctx context.Context, room string, c broker.Conn) (broker.RoomPresence, error) {
 	b.mu.Lock()
 	if members := b.joins[room]; members != nil {
 		delete(members, c.Client)
@@ -105,10 +114,101 @@ func (b *Broker) Leave(ctx context.Context, room string, c broker.Conn) error {
 		}
 	}
 	b.mu.Unlock()
-	pipe := b.rdb.TxPipeline()
-	b.removeJoin(ctx, pipe, room, c)
-	_, err := pipe.Exec(ctx)
-	return wrapPresence("leave "+room, err)
+	call := b.leaveCall(room, []broker.Conn{c})
+	cmd := call.script.Run(ctx, b.rdb, call.keys, call.args...)
+	if err := cmd.Err(); err != nil {
+		return broker.RoomPresence{}, wrapPresence("leave "+room, err)
+	}
+	p, err := roomPresence(cmd)
+	if err != nil {
+		return broker.RoomPresence{}, fmt.Errorf("leave %s: %w", room, err)
+	}
+	return p, nil
+}
+
+// joinCall runs the join script for conns, all in room.
+func (b *Broker) joinCall(room string, conns []broker.Conn) scriptCall {
+	args := make([]any, 0, 3+2*len(conns))
+	args = append(args, nowMillis(), b.expiry(), (2 * b.opts.PresenceTTL).Milliseconds())
+	for _, c := range conns {
+		args = append(args, c.Client, c.User)
+	}
+	return scriptCall{joinScript, b.roomPresenceKeys(room), args}
+}
+
+// leaveCall runs the leave script for conns, all in room.
+func (b *Broker) leaveCall(room string, conns []broker.Conn) scriptCall {
+	args := make([]any, 0, 1+len(conns))
+	args = append(args, nowMillis())
+	for _, c := range conns {
+		args = append(args, c.Client)
+	}
+	return scriptCall{leaveScript, b.roomPresenceKeys(room), args}
+}
+
+// roomPresence decodes the {changed, count} of the join and leave scripts
+// run for one connection.
+func roomPresence(cmd *redis.Cmd) (broker.RoomPresence, error) {
+	res, err := cmd.Int64Slice()
+	if err != nil || len(res) != 2 {
+		return broker.RoomPresence{}, fmt.Errorf("decode presence %v: %v", cmd.Val(), err)
+	}
+	return broker.RoomPresence{Changed: res[0] == 1, Count: int(res[1])}, nil
+}
+
+// scriptCall is one run of a script in a pipeline.
+type scriptCall struct {
+	script *redis.Script
+	keys   []string
+	args   []any
+}
+
+// execScripts adds calls to pipe, after what the caller queued there, runs
+// it in one round trip and returns the calls' commands in order, and the
+// first error of any command. Calls go by SHA; Redis answers NOSCRIPT when
+// it restarted and forgot a script, and such a call did nothing, so it is
+// run again once the script is loaded.
+func (b *Broker) execScripts(ctx context.Context, pipe redis.Pipeliner, calls []scriptCall) ([]*redis.Cmd, error) {
+	cmds := make([]*redis.Cmd, len(calls))
+	for i, call := range calls {
+		cmds[i] = call.script.EvalSha(ctx, pipe, call.keys, call.args...)
+	}
+	all, execErr := pipe.Exec(ctx) // errors are read per command below
+	var again []int
+	loaded := make(map[*redis.Script]bool)
+	for i, cmd := range cmds {
+		if !redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			continue
+		}
+		if s := calls[i].script; !loaded[s] {
+			if err := s.Load(ctx, b.rdb).Err(); err != nil {
+				return cmds, err
+			}
+			loaded[s] = true
+		}
+		again = append(again, i)
+	}
+	if len(again) > 0 {
+		retry := b.rdb.Pipeline()
+		for _, i := range again {
+			cmds[i] = calls[i].script.EvalSha(ctx, retry, calls[i].keys, calls[i].args...)
+		}
+		_, _ = retry.Exec(ctx)
+	}
+	for _, cmd := range all {
+		if err := cmd.Err(); err != nil && err != redis.Nil && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+			return cmds, err
+		}
+	}
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return cmds, err
+		}
+	}
+	if execErr != nil && execErr != redis.Nil && !redis.HasErrorPrefix(execErr, "NOSCRIPT") {
+		return cmds, execErr // the pipeline failed before its commands did
+	}
+	return cmds, nil
 }
 
 func wrapPresence(op string, err error) error {
@@ -118,65 +218,68 @@ func wrapPresence(op string, err error) error {
 	return unavailable(op, err)
 }
 
-// members reads a room's live connections' users.
-func (b *Broker) members(ctx context.Context, room string) ([]protocol.Member, error) {
-	key := b.roomPresenceKey(room)
-	pipe := b.rdb.Pipeline()
-	pipe.ZRemRangeByScore(ctx, key, "-inf", "("+now())
-	ids := pipe.ZRange(ctx, key, 0, -1)
-	users := pipe.HGetAll(ctx, b.roomUsersKey(room))
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, unavailable("members of "+room, err)
+// Members runs the members script: one page, and the room's count.
+func (b *Broker) Members(ctx context.Context, room string, q broker.MembersQuery) (broker.MembersPage, error) {
+	res, err := membersScript.Run(ctx, b.rdb, b.roomPresenceKeys(room), nowMillis(), q.After, max(q.Limit, 0)).Slice()
+	if err != nil {
+		return broker.MembersPage{}, unavailable("members of "+room, err)
 	}
-	names := users.Val()
-	counts := make(map[string]int)
-	for _, id := range ids.Val() {
-		if user, ok := names[id]; ok {
-			counts[user]++
-		}
+	if len(res) != 3 {
+		return broker.MembersPage{}, fmt.Errorf("members of %s: decode %v", room, res)
 	}
-	list := make([]protocol.Member, 0, len(counts))
-	for user, n := range counts {
-		list = append(list, protocol.Member{User: user, Connections: n})
+	count, _ := res[0].(int64)
+	users, _ := res[1].([]any)
+	conns, _ := res[2].([]any)
+	if len(users) != len(conns) {
+		return broker.MembersPage{}, fmt.Errorf("members of %s: %d users, %d counts", room, len(users), len(conns))
 	}
-	sort.Slice(list, func(i, j int) bool { return list[i].User < list[j].User })
-	return list, nil
+	page := broker.MembersPage{Members: make([]protocol.Member, 0, len(users)), Count: int(count)}
+	for i, u := range users {
+		user, _ := u.(string)
+		n, _ := conns[i].(string)
+		connections, _ := strconv.Atoi(n)
+		page.Members = append(page.Members, protocol.Member{User: user, Connections: connections})
+	}
+	return page, nil
 }
 
-func (b *Broker) Members(ctx context.Context, room string) ([]protocol.Member, error) {
-	return b.members(ctx, room)
-}
-
+// Rooms reads the rooms anyone joined within PresenceTTL and counts each
+// one's users (trimming it), in one round trip.
 func (b *Broker) Rooms(ctx context.Context) ([]broker.RoomInfo, error) {
 	key := b.roomsKey()
-	if err := b.rdb.ZRemRangeByScore(ctx, key, "-inf", "("+now()).Err(); err != nil {
+	if err := b.rdb.ZRemRangeByScore(ctx, key, "-inf", "("+strconv.FormatInt(nowMillis(), 10)).Err(); err != nil {
 		return nil, unavailable("rooms", err)
 	}
 	names, err := b.rdb.ZRange(ctx, key, 0, -1).Result()
 	if err != nil {
 		return nil, unavailable("rooms", err)
 	}
+	pipe := b.rdb.Pipeline()
+	seqs := make([]*redis.StringCmd, len(names))
+	calls := make([]scriptCall, len(names))
+	for i, name := range names {
+		seqs[i] = pipe.HGet(ctx, b.metaKey(name), "seq")
+		calls[i] = scriptCall{countScript, b.roomPresenceKeys(name), []any{nowMillis()}}
+	}
+	counts, err := b.execScripts(ctx, pipe, calls)
+	if err != nil {
+		return nil, unavailable("rooms", err)
+	}
 	rooms := make([]broker.RoomInfo, 0, len(names))
-	for _, name := range names {
-		members, err := b.members(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		if len(members) == 0 {
+	for i, name := range names {
+		count, _ := counts[i].Int64()
+		if count == 0 {
 			continue
 		}
-		_, seq, err := b.head(ctx, name)
-		if err != nil {
-			return nil, unavailable("rooms", err)
-		}
-		rooms = append(rooms, broker.RoomInfo{Room: name, Members: len(members), Seq: seq})
+		seq, _ := seqs[i].Int64() // 0 when the room has no history
+		rooms = append(rooms, broker.RoomInfo{Room: name, Members: int(count), Seq: seq})
 	}
 	sort.Slice(rooms, func(i, j int) bool { return rooms[i].Room < rooms[j].Room })
 	return rooms, nil
 }
 
 func (b *Broker) UserConnections(ctx context.Context, user string) (int, error) {
-	n, err := b.rdb.ZCount(ctx, b.userPresenceKey(user), now(), "+inf").Result()
+	n, err := b.rdb.ZCount(ctx, b.userPresenceKey(user), strconv.FormatInt(nowMillis(), 10), "+inf").Result()
 	if err != nil {
 		return 0, unavailable("presence of "+user, err)
 	}
@@ -204,33 +307,120 @@ func (b *Broker) refreshLoop() {
 	}
 }
 
+// refreshBatch bounds the connections of one script and the commands of
+// one pipeline in a refresh.
+const refreshBatch = 500
+
+// refresh runs the join script for all of this node's connections in each
+// room, a batch at a time: an entry Redis holds only gets its expiry
+// moved, and one Redis lost (it came back empty) is counted again. An
+// entry that left while the refresh ran may have been re-added after its
+// leave; it is taken out again.
 func (b *Broker) refresh() error {
+	conns, joins := b.snapshot()
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.PresenceTTL/3)
+	defer cancel()
+	var firstErr error
+	keep := func(err error) {
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	for start := 0; start < len(conns); start += refreshBatch {
+		pipe := b.rdb.Pipeline()
+		for _, c := range conns[start:min(start+refreshBatch, len(conns))] {
+			b.addConn(ctx, pipe, c)
+		}
+		_, err := pipe.Exec(ctx)
+		keep(err)
+	}
+	calls := roomCalls(joins, b.joinCall)
+	for start := 0; start < len(calls); start += refreshBatch {
+		pipe := b.rdb.Pipeline()
+		batch := calls[start:min(start+refreshBatch, len(calls))]
+		rooms := make([]redis.Z, 0, len(batch))
+		for _, call := range batch {
+			rooms = append(rooms, redis.Z{Score: float64(b.expiry()), Member: call.room})
+		}
+		pipe.ZAdd(ctx, b.roomsKey(), rooms...)
+		_, err := b.execScripts(ctx, pipe, scripts(batch))
+		keep(err)
+	}
+	keep(b.undoLeft(ctx, conns, joins))
+	return firstErr
+}
+
+// roomCall is a script call for some connections of one room.
+type roomCall struct {
+	room string
+	scriptCall
+}
+
+// roomCalls makes the calls of script for every room's connections, at
+// most refreshBatch connections each.
+func roomCalls(joins map[string][]broker.Conn, call func(room string, conns []broker.Conn) scriptCall) []roomCall {
+	var calls []roomCall
+	for room, conns := range joins {
+		for start := 0; start < len(conns); start += refreshBatch {
+			calls = append(calls, roomCall{room, call(room, conns[start:min(start+refreshBatch, len(conns))])})
+		}
+	}
+	return calls
+}
+
+func scripts(calls []roomCall) []scriptCall {
+	out := make([]scriptCall, len(calls))
+	for i, call := range calls {
+		out[i] = call.scriptCall
+	}
+	return out
+}
+
+// snapshot lists this node's connections, and its connections in each room.
+func (b *Broker) snapshot() ([]broker.Conn, map[string][]broker.Conn) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	conns := make([]broker.Conn, 0, len(b.conns))
 	for _, c := range b.conns {
 		conns = append(conns, c)
 	}
-	type join struct {
-		room string
-		c    broker.Conn
-	}
-	var joins []join
+	joins := make(map[string][]broker.Conn, len(b.joins))
 	for room, members := range b.joins {
 		for _, c := range members {
-			joins = append(joins, join{room, c})
+			joins[room] = append(joins[room], c)
+		}
+	}
+	return conns, joins
+}
+
+// undoLeft removes again what a refresh re-added after it left: the
+// connections and room entries of the refresh's snapshot that the node no
+// longer has.
+func (b *Broker) undoLeft(ctx context.Context, conns []broker.Conn, joins map[string][]broker.Conn) error {
+	b.mu.Lock()
+	var goneConns []broker.Conn
+	for _, c := range conns {
+		if _, ok := b.conns[c.Client]; !ok {
+			goneConns = append(goneConns, c)
+		}
+	}
+	gone := make(map[string][]broker.Conn)
+	for room, members := range joins {
+		for _, c := range members {
+			if _, ok := b.joins[room][c.Client]; !ok {
+				gone[room] = append(gone[room], c)
+			}
 		}
 	}
 	b.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), b.opts.PresenceTTL/3)
-	defer cancel()
+	if len(goneConns) == 0 && len(gone) == 0 {
+		return nil
+	}
 	pipe := b.rdb.Pipeline()
-	for _, c := range conns {
-		b.addConn(ctx, pipe, c)
+	for _, c := range goneConns {
+		pipe.ZRem(ctx, b.userPresenceKey(c.User), c.Client)
 	}
-	for _, j := range joins {
-		b.addJoin(ctx, pipe, j.room, j.c)
-	}
-	_, err := pipe.Exec(ctx)
+	_, err := b.execScripts(ctx, pipe, scripts(roomCalls(gone, b.leaveCall)))
 	return err
 }
 
@@ -289,12 +479,13 @@ func (b *Broker) Close() error {
 	for _, c := range conns {
 		pipe.ZRem(ctx, b.userPresenceKey(c.User), c.Client)
 	}
+	left := make(map[string][]broker.Conn, len(joins))
 	for room, members := range joins {
 		for _, c := range members {
-			b.removeJoin(ctx, pipe, room, c)
+			left[room] = append(left[room], c)
 		}
 	}
-	_, _ = pipe.Exec(ctx)
+	_, _ = b.execScripts(ctx, pipe, scripts(roomCalls(left, b.leaveCall)))
 	_ = ps.Close()
 	b.wg.Wait()
 	return b.rdb.Close()

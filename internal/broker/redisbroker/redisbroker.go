@@ -2,7 +2,9 @@
 // Redis: room publishes are Lua scripts (seq, history, idempotency key and
 // PUBLISH in one step), deliveries come over one multiplexed pub/sub
 // connection per node, and presence lives in sorted sets scored by expiry
-// that each node refreshes for its own connections.
+// that each node refreshes for its own connections, with a per-room index
+// of users kept by scripts so that a join, a leave or a page of members
+// costs O(log N) in the room's size.
 package redisbroker
 
 import (
@@ -106,12 +108,27 @@ func (b *Broker) histKey(room string) string { return b.prefix + "room:{" + room
 func (b *Broker) idemKey(room, from, key string) string {
 	return b.prefix + "room:{" + room + "}:key:" + strconv.Itoa(len(from)) + ":" + from + ":" + key
 }
+
+// A room's presence keys (see presenceLib): its clients by expiry, their
+// users, and the index of its users with their connection counts.
 func (b *Broker) roomPresenceKey(room string) string {
 	return b.prefix + "presence:room:{" + room + "}"
 }
 func (b *Broker) roomUsersKey(room string) string {
 	return b.prefix + "presence:room:{" + room + "}:users"
 }
+func (b *Broker) roomCountsKey(room string) string {
+	return b.prefix + "presence:room:{" + room + "}:counts"
+}
+func (b *Broker) roomIndexKey(room string) string {
+	return b.prefix + "presence:room:{" + room + "}:index"
+}
+
+// roomPresenceKeys are the KEYS of the presence scripts, in presenceLib's order.
+func (b *Broker) roomPresenceKeys(room string) []string {
+	return []string{b.roomPresenceKey(room), b.roomUsersKey(room), b.roomCountsKey(room), b.roomIndexKey(room)}
+}
+
 func (b *Broker) userPresenceKey(user string) string {
 	return b.prefix + "presence:user:{" + user + "}"
 }
@@ -289,13 +306,18 @@ func (b *Broker) Unsubscribe(ctx context.Context, t broker.Topic) error {
 	return nil
 }
 
-// Emit publishes a best-effort event: "E" + exclude + "\n" + payload, or
-// "K" for a kick.
+// Emit publishes a best-effort event: "E" + exclude + "\n" + payload, "K"
+// for a kick, or "P+" / "P-" + user for a user who joined or left a room.
 func (b *Broker) Emit(ctx context.Context, d broker.Delivery) error {
 	var env string
 	switch d.Kind {
 	case broker.KindKick:
 		env = "K"
+	case broker.KindPresence:
+		env = "P-" + d.User
+		if d.Joined {
+			env = "P+" + d.User
+		}
 	default:
 		env = "E" + d.Exclude + "\n" + string(d.Payload)
 	}
@@ -366,6 +388,11 @@ func (b *Broker) dispatch(m *redis.Message) {
 		b.handler(broker.Delivery{Kind: broker.KindEvent, Topic: t, Payload: []byte(rest[i+1:]), Exclude: rest[:i]})
 	case 'K':
 		b.handler(broker.Delivery{Kind: broker.KindKick, Topic: t})
+	case 'P':
+		if len(m.Payload) < 2 {
+			return
+		}
+		b.handler(broker.Delivery{Kind: broker.KindPresence, Topic: t, User: m.Payload[2:], Joined: m.Payload[1] == '+'})
 	}
 }
 

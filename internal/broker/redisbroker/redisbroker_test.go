@@ -54,6 +54,19 @@ func (c *cluster) Node(t *testing.T, h broker.Handler) broker.Broker {
 	return b
 }
 
+// Crash stops a node as a killed process stops: its goroutines and its
+// connections end, and its presence stays in Redis to expire.
+func (c *cluster) Crash(_ *testing.T, n broker.Broker) error {
+	b := n.(*Broker)
+	close(b.stop)
+	b.mu.Lock()
+	ps := b.pubsub
+	b.mu.Unlock()
+	_ = ps.Close()
+	b.wg.Wait()
+	return b.rdb.Close()
+}
+
 // Advance sleeps: presence scores and the nodes' refresh use the wall clock.
 // miniredis expires keys only when its clock is moved, so it is moved in
 // small steps alongside, as a real Redis's clock would.
@@ -67,7 +80,7 @@ func (c *cluster) Advance(_ *testing.T, d time.Duration) {
 	}
 }
 
-func flushPrefix(t *testing.T, addr, prefix string) {
+func flushPrefix(_ testing.TB, addr, prefix string) {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
 	ctx := context.Background()

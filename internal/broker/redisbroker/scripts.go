@@ -54,3 +54,116 @@ end
 local seq = redis.call("HGET", meta, "seq")
 return {epoch, seq, redis.call("LRANGE", hist, 0, -1)}
 `)
+
+// presenceLib is the start of every room presence script: the room's keys
+// and the steps they share. Every key is the room's (one hash tag, so one
+// slot of a Redis Cluster); the invariant the steps keep is that a client
+// is counted (in counts and, through its user, in index) exactly when it
+// is in the users hash.
+//
+// KEYS: clients zset (client -> expiry ms), users hash (client -> user),
+//
+//	counts hash (user -> connections), index zset (users, score 0)
+const presenceLib = `
+local clients, users, counts, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+
+-- uncount takes one connection of user out of counts and reports whether
+-- it was the user's last, which also takes the user out of index.
+local function uncount(user)
+  if redis.call("HINCRBY", counts, user, -1) > 0 then return false end
+  redis.call("HDEL", counts, user)
+  redis.call("ZREM", index, user)
+  return true
+end
+
+-- forget uncounts a client already gone from clients and reports whether
+-- its user left the room with it.
+local function forget(client)
+  local user = redis.call("HGET", users, client)
+  if not user then return false end
+  redis.call("HDEL", users, client)
+  return uncount(user)
+end
+
+-- trim removes the clients whose expiry is before now (ms): connections
+-- of nodes that stopped refreshing them. Each expires once, so a trim
+-- costs O(log N) plus what it removes.
+local function trim(now)
+  local gone = redis.call("ZRANGEBYSCORE", clients, "-inf", "(" .. now)
+  if #gone == 0 then return end
+  redis.call("ZREMRANGEBYSCORE", clients, "-inf", "(" .. now)
+  for _, client in ipairs(gone) do forget(client) end
+end
+`
+
+// joinScript records connections of users in a room, or moves their
+// expiry when they are there already, and reports {changed, count}:
+// changed is how many of the users are new to the room (for a Join's one
+// connection, 1 when it is its user's first there). The refresh runs it
+// for all of a node's connections in the room, which re-counts entries
+// Redis lost.
+//
+// ARGV: now ms, expiry ms, key TTL ms, then client, user for each connection
+var joinScript = redis.NewScript(presenceLib + `
+trim(ARGV[1])
+local changed = 0
+for i = 4, #ARGV, 2 do
+  local client, user = ARGV[i], ARGV[i + 1]
+  redis.call("ZADD", clients, ARGV[2], client)
+  if redis.call("HSETNX", users, client, user) == 1 then
+    if redis.call("HINCRBY", counts, user, 1) == 1 then
+      redis.call("ZADD", index, 0, user)
+      changed = changed + 1
+    end
+  end
+end
+for _, key in ipairs(KEYS) do redis.call("PEXPIRE", key, ARGV[3]) end
+return {changed, redis.call("ZCARD", index)}
+`)
+
+// leaveScript takes connections out of a room and reports {changed,
+// count}: changed is how many users left with them (for a Leave's one
+// connection, 1 when it was its user's last there).
+//
+// ARGV: now ms, then the clients
+var leaveScript = redis.NewScript(presenceLib + `
+trim(ARGV[1])
+local changed = 0
+for i = 2, #ARGV do
+  redis.call("ZREM", clients, ARGV[i])
+  if forget(ARGV[i]) then changed = changed + 1 end
+end
+return {changed, redis.call("ZCARD", index)}
+`)
+
+// membersScript reads a page of a room's users and reports {count, users,
+// connections}. HMGET goes in parts: Redis's Lua unpacks at most a few
+// thousand values at once.
+//
+// ARGV: now ms, after ("": from the first), limit (0: all)
+var membersScript = redis.NewScript(presenceLib + `
+trim(ARGV[1])
+local from = "-"
+if ARGV[2] ~= "" then from = "(" .. ARGV[2] end
+local page
+local limit = tonumber(ARGV[3])
+if limit > 0 then
+  page = redis.call("ZRANGEBYLEX", index, from, "+", "LIMIT", 0, limit)
+else
+  page = redis.call("ZRANGEBYLEX", index, from, "+")
+end
+local conns = {}
+for i = 1, #page, 500 do
+  local part = redis.call("HMGET", counts, unpack(page, i, math.min(i + 499, #page)))
+  for _, n in ipairs(part) do conns[#conns + 1] = n end
+end
+return {redis.call("ZCARD", index), page, conns}
+`)
+
+// countScript counts a room's users.
+//
+// ARGV: now ms
+var countScript = redis.NewScript(presenceLib + `
+trim(ARGV[1])
+return redis.call("ZCARD", index)
+`)

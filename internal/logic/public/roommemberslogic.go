@@ -26,13 +26,13 @@ func NewRoomMembersLogic(ctx context.Context, svcCtx *svc.ServiceContext) *RoomM
 	}
 }
 
-func (l *RoomMembersLogic) RoomMembers(req *types.RoomReq) (resp *types.MembersResp, err error) {
-	members, err := l.svcCtx.Node.Members(l.ctx, req.Room)
+func (l *RoomMembersLogic) RoomMembers(req *types.MembersReq) (resp *types.MembersResp, err error) {
+	page, err := l.svcCtx.Node.Members(l.ctx, req.Room, req.After, req.Limit)
 	if err != nil {
 		return nil, err
 	}
-	resp = &types.MembersResp{Room: req.Room, Members: make([]types.Member, len(members))}
-	for i, m := range members {
+	resp = &types.MembersResp{Room: req.Room, Members: make([]types.Member, len(page.Members)), Count: page.Count}
+	for i, m := range page.Members {
 		resp.Members[i] = types.Member{User: m.User, Connections: m.Connections}
 	}
 	return resp, nil
