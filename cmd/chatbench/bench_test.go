@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"math"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -152,5 +156,101 @@ func BenchmarkReceiverHandleLine(b *testing.B) {
 	}
 	if r.delivered.Load() != int64(b.N) || r.outOfOrder != 0 || r.dups != 0 {
 		b.Fatalf("delivered %d of %d, out of order %d, duplicates %d", r.delivered.Load(), b.N, r.outOfOrder, r.dups)
+	}
+}
+
+func TestMembersURL(t *testing.T) {
+	tests := []struct {
+		ws, room, want string
+	}{
+		{"ws://127.0.0.1:8900/ws", "bench-1a2b", "http://127.0.0.1:8900/api/rooms/bench-1a2b/members?limit=1"},
+		{"wss://chat.example.com/ws?x=1", "lobby", "https://chat.example.com/api/rooms/lobby/members?limit=1"},
+		{"ws://[::1]:8881/some/prefix/ws", "r", "http://[::1]:8881/api/rooms/r/members?limit=1"},
+	}
+	for _, tc := range tests {
+		got, err := membersURL(tc.ws, tc.room)
+		if err != nil || got != tc.want {
+			t.Errorf("membersURL(%q, %q) = %q, %v; want %q", tc.ws, tc.room, got, err, tc.want)
+		}
+	}
+	for _, bad := range []string{"http://127.0.0.1:8900/ws", "ws:///ws", "://x"} {
+		if got, err := membersURL(bad, "r"); err == nil {
+			t.Errorf("membersURL(%q) = %q, want an error", bad, got)
+		}
+	}
+}
+
+func TestParseMembersCount(t *testing.T) {
+	tests := []struct {
+		body string
+		want int
+		ok   bool
+	}{
+		{`{"room":"r","members":[{"user":"bench-r0","connections":1}],"count":10000}`, 10000, true},
+		{`{"room":"r","members":[],"count":0}`, 0, true},
+		{`{"room":"r","members":[]}`, 0, false}, // a server without count: not "empty"
+		{`{"code":"bad_request","message":"limit"}`, 0, false},
+		{`{"count":-1}`, 0, false},
+		{`{"count":"3"}`, 0, false},
+		{`not json`, 0, false},
+		{``, 0, false},
+	}
+	for _, tc := range tests {
+		n, err := parseMembersCount([]byte(tc.body))
+		if (err == nil) != tc.ok || n != tc.want {
+			t.Errorf("parseMembersCount(%s) = %d, %v; want %d, ok %v", tc.body, n, err, tc.want, tc.ok)
+		}
+	}
+}
+
+// TestAwaitEmptyWaitsForEveryReplica: one replica sees the room empty at
+// once, the other only at its third poll; the phase ends with the second.
+func TestAwaitEmptyWaitsForEveryReplica(t *testing.T) {
+	var slowPolls atomic.Int64
+	replica := func(count func() int) *httptest.Server {
+		return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/api/rooms/bench-x/members" || r.URL.Query().Get("limit") != "1" {
+				http.NotFound(w, r)
+				return
+			}
+			fmt.Fprintf(w, `{"room":"bench-x","members":[],"count":%d}`, count())
+		}))
+	}
+	fast := replica(func() int { return 0 })
+	defer fast.Close()
+	slow := replica(func() int { return max(0, 2-int(slowPolls.Add(1)-1)) }) // 2, 1, 0
+	defer slow.Close()
+	ws := func(s *httptest.Server) string { return "ws" + strings.TrimPrefix(s.URL, "http") + "/ws" }
+
+	b := &bench{cfg: &config{urls: []string{ws(fast), ws(slow), ws(fast)}, room: "bench-x"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	lr := b.awaitEmpty(ctx, time.Now(), newServerProbe(0))
+	if !lr.Empty || len(lr.Replicas) != 2 {
+		t.Fatalf("empty %v, %d replicas (%+v), want empty, 2", lr.Empty, len(lr.Replicas), lr.Replicas)
+	}
+	f, s := lr.Replicas[0], lr.Replicas[1]
+	if f.Polls != 1 || s.Polls != 3 || s.FirstCount != 2 || s.LastCount != 0 || f.Errors+s.Errors != 0 {
+		t.Errorf("fast %+v, slow %+v; want 1 and 3 polls, the slow one from 2 to 0, no errors", f, s)
+	}
+	if s.EmptyMs < ms(2*leavePollInterval) || lr.EmptyMs != s.EmptyMs || f.EmptyMs > s.EmptyMs {
+		t.Errorf("empty after %.1fms (fast %.1fms, slow %.1fms), want the slow one's, at least two intervals", lr.EmptyMs, f.EmptyMs, s.EmptyMs)
+	}
+}
+
+// TestAwaitEmptyReportsARoomThatNeverEmpties: a reply without count is an
+// error, not an empty room, and the phase ends with the run's context.
+func TestAwaitEmptyReportsARoomThatNeverEmpties(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"room":"bench-x","members":[]}`)
+	}))
+	defer srv.Close()
+	b := &bench{cfg: &config{urls: []string{"ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"}, room: "bench-x"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	lr := b.awaitEmpty(ctx, time.Now(), newServerProbe(0))
+	r := lr.Replicas[0]
+	if lr.Empty || lr.EmptyMs != 0 || r.Empty || r.Polls != 0 || r.Errors < 2 || !strings.Contains(r.LastError, "without count") {
+		t.Errorf("got %+v, replica %+v; want not empty, errors without count", lr, r)
 	}
 }

@@ -3,7 +3,9 @@
 // over one or more replicas, lets S senders publish M messages each, and
 // reports delivery counts, loss, duplicates, order violations, disconnects,
 // latency percentiles and, given the server's pid, the server's CPU and
-// memory.
+// memory. At the end it closes every connection at once and polls each
+// replica's REST API (GET /api/rooms/<room>/members) until the room is
+// empty everywhere.
 //
 //	go run ./cmd/chatbench -url ws://127.0.0.1:8888/ws -receivers 200 -senders 1 -messages 2000 -rate 200
 //	go run ./cmd/chatbench -url ws://127.0.0.1:8881/ws,ws://127.0.0.1:8882/ws -senders-url ws://127.0.0.1:8881/ws ...
@@ -58,6 +60,7 @@ type config struct {
 	replyTimeout    time.Duration
 	connectOnly     bool
 	hold            time.Duration
+	settle          time.Duration
 	serverPID       int
 	raw             bool
 	jsonOut         bool
@@ -117,6 +120,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.replyTimeout, "reply-timeout", 10*time.Second, "closed loop: how long to wait for one reply")
 	fs.BoolVar(&c.connectOnly, "connect-only", false, "only open the receivers, wait for every welcome, hold them for -hold and exit")
 	fs.DurationVar(&c.hold, "hold", 5*time.Second, "with -connect-only: how long to hold the connections open")
+	fs.DurationVar(&c.settle, "settle", 2*time.Second, "with -server-pid: after the joins, wait this long before reading the server's settled RSS and connecting the senders")
 	fs.IntVar(&c.serverPID, "server-pid", 0, "pid of the server process: report its CPU time and RSS growth from /proc")
 	fs.BoolVar(&c.raw, "raw", false, "raw text frames (gorilla/websocket examples/chat): no welcome, no join, every frame line is a payload")
 	fs.BoolVar(&c.jsonOut, "json", false, "print the report as JSON instead of text")
@@ -160,6 +164,8 @@ func parseFlags(args []string) (*config, error) {
 		return nil, fmt.Errorf("-room %q is not a valid room name", c.room)
 	case c.drain < 0 || c.hold < 0 || c.sendFor < 0 || c.replyTimeout <= 0:
 		return nil, fmt.Errorf("-drain, -hold, -send-for and -reply-timeout must be positive")
+	case c.settle < 0:
+		return nil, fmt.Errorf("-settle must not be negative")
 	}
 	return &c, nil
 }

@@ -31,6 +31,7 @@ type report struct {
 	Connected        int            `json:"receivers_connected"`
 	ConnectMs        float64        `json:"connect_ms"` // until every welcome (raw: every handshake)
 	JoinMs           float64        `json:"join_ms,omitempty"`
+	LastJoinReplyMs  float64        `json:"last_join_reply_ms,omitempty"` // from the start of the run (the first dial)
 	SendersConnected int            `json:"senders_connected"`
 	ConnectErrors    map[string]int `json:"connect_errors,omitempty"`
 
@@ -63,16 +64,19 @@ type report struct {
 	Latency      latencySummary            `json:"latency"`
 	LatencyByURL map[string]latencySummary `json:"latency_by_url,omitempty"`
 
+	Leave *leaveReport `json:"leave,omitempty"` // chat mode, after the drain, unless the run had stopped
+
 	Server *serverReport `json:"server,omitempty"`
 	Bench  benchReport   `json:"bench"`
 
-	sendStartNs int64
+	sendStartNs  int64
+	settledAfter time.Duration // from the joins to the "settled" sample
 }
 
 type serverReport struct {
 	PID                    int     `json:"pid"`
 	CPUSeconds             float64 `json:"cpu_seconds"`       // during sends and drain (connect-only: connect and hold)
-	CPUSecondsTotal        float64 `json:"cpu_seconds_total"` // the whole run
+	CPUSecondsTotal        float64 `json:"cpu_seconds_total"` // the whole run, to the close
 	DeliveriesPerCPUSecond float64 `json:"deliveries_per_cpu_second,omitempty"`
 	RSSBeforeMiB           float64 `json:"rss_before_mib"`
 	RSSConnectedMiB        float64 `json:"rss_connected_mib"`
@@ -80,6 +84,15 @@ type serverReport struct {
 	RSSGrowthMiB           float64 `json:"rss_growth_mib"`
 	RSSPerConnectionKiB    float64 `json:"rss_per_connection_kib"`
 	Error                  string  `json:"error,omitempty"`
+
+	// Per phase. Pointers: absent when the phase did not run; 0 is a
+	// measurement (/proc counts CPU in 10 ms ticks).
+	CPUConnectSeconds          *float64 `json:"cpu_connect_seconds,omitempty"`            // the first dial to the last welcome (raw: handshake)
+	CPUJoinSeconds             *float64 `json:"cpu_join_seconds,omitempty"`               // the last welcome to the last join reply
+	CPULeaveSeconds            *float64 `json:"cpu_leave_seconds,omitempty"`              // the close to an empty room on every replica (leave.empty false: to the run's end)
+	SettleSeconds              float64  `json:"settle_seconds,omitempty"`                 // from the joins to rss_settled_mib (-settle)
+	RSSSettledMiB              *float64 `json:"rss_settled_mib,omitempty"`                // before the senders connect
+	RSSSettledPerConnectionKiB *float64 `json:"rss_settled_per_connection_kib,omitempty"` // (settled - before) / receivers
 }
 
 type benchReport struct {
@@ -108,6 +121,8 @@ func (rep *report) finishConnect(b *bench) {
 // ended) into the report.
 func (b *bench) finish(ctx context.Context, rep *report, srv *serverProbe, self0 procSample) *report {
 	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) && rep.Leave != nil: // it starts only in time
+		rep.Stopped = "the -duration cap was reached while waiting for the room to empty"
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		rep.Stopped = "the -duration cap was reached"
 	case ctx.Err() != nil:
@@ -190,12 +205,14 @@ func (b *bench) finish(ctx context.Context, rep *report, srv *serverProbe, self0
 		rep.Bench = benchReport{CPUSeconds: (self1.CPU - self0.CPU).Seconds(), RSSMiB: mib(self1.RSSKB)}
 	}
 	if srv.pid > 0 {
-		rep.Server = srv.report(rep, len(b.receivers)+len(b.senders), b.cfg.connectOnly)
+		rep.Server = srv.report(rep, b)
 	}
 	return rep
 }
 
-func (p *serverProbe) report(rep *report, conns int, connectOnly bool) *serverReport {
+func (p *serverProbe) report(rep *report, b *bench) *serverReport {
+	conns := len(b.receivers) + len(b.senders)
+	connectOnly := b.cfg.connectOnly
 	sr := &serverReport{PID: p.pid}
 	if p.err != nil {
 		sr.Error = p.err.Error()
@@ -223,6 +240,30 @@ func (p *serverProbe) report(rep *report, conns int, connectOnly bool) *serverRe
 	sr.RSSGrowthMiB = mib(end.RSSKB - before.RSSKB)
 	if conns > 0 {
 		sr.RSSPerConnectionKiB = float64(end.RSSKB-before.RSSKB) / float64(conns)
+	}
+
+	cpu := func(from, to string) *float64 {
+		a, ok0 := p.samples[from]
+		z, ok1 := p.samples[to]
+		if !ok0 || !ok1 {
+			return nil
+		}
+		v := (z.CPU - a.CPU).Seconds()
+		return &v
+	}
+	sr.CPUConnectSeconds = cpu("before", "connected")
+	if !b.cfg.raw {
+		sr.CPUJoinSeconds = cpu("connected", "joined")
+		sr.CPULeaveSeconds = cpu("end", "empty")
+	}
+	if settled, ok := p.samples["settled"]; ok {
+		sr.SettleSeconds = rep.settledAfter.Seconds()
+		v := mib(settled.RSSKB)
+		sr.RSSSettledMiB = &v
+		if n := len(b.receivers); n > 0 {
+			kib := float64(settled.RSSKB-before.RSSKB) / float64(n)
+			sr.RSSSettledPerConnectionKiB = &kib
+		}
 	}
 	return sr
 }
@@ -275,6 +316,9 @@ func (rep *report) writeText(w io.Writer) {
 	if rep.Mode != "raw" && rep.JoinMs > 0 {
 		p("  joins         %s", fmtMs(rep.JoinMs))
 	}
+	if rep.LastJoinReplyMs > 0 {
+		p("  last join     %s after the start (the first dial)", fmtMs(rep.LastJoinReplyMs))
+	}
 	if !rep.ConnectOnly {
 		p("  senders       %d/%d connected", rep.SendersConnected, rep.Senders)
 	}
@@ -324,6 +368,18 @@ func (rep *report) writeText(w io.Writer) {
 		}
 	}
 
+	if l := rep.Leave; l != nil {
+		p("leave (every connection closed at once, GET members every %s)", leavePollInterval)
+		for _, r := range l.Replicas {
+			p("  %s  %s", r.URL, fmtLeaveReplica(r))
+		}
+		if l.Empty {
+			p("  room          empty on every replica %s after the close", fmtMs(l.EmptyMs))
+		} else {
+			p("  room          NOT EMPTY when the run stopped (see the replicas above)")
+		}
+	}
+
 	if s := rep.Server; s != nil {
 		p("server (pid %d)", s.PID)
 		if s.Error != "" {
@@ -334,14 +390,52 @@ func (rep *report) writeText(w io.Writer) {
 			phase = "during connect and hold"
 		}
 		p("  cpu           %.2fs %s (%.2fs whole run)", s.CPUSeconds, phase, s.CPUSecondsTotal)
+		if v := s.CPUConnectSeconds; v != nil {
+			p("  cpu connect   %.2fs from the first dial to the last %s", *v, strings.TrimSuffix(what, "s"))
+		}
+		if v := s.CPUJoinSeconds; v != nil {
+			p("  cpu join      %.2fs from the last welcome to the last join reply", *v)
+		}
+		if v := s.CPULeaveSeconds; v != nil {
+			until := "until the room was empty on every replica"
+			if rep.Leave == nil || !rep.Leave.Empty {
+				until = "until the run stopped, the room NOT EMPTY"
+			}
+			p("  cpu leave     %.2fs from the close %s", *v, until)
+		}
 		if s.DeliveriesPerCPUSecond > 0 {
 			p("  efficiency    %.0f deliveries per server CPU-second", s.DeliveriesPerCPUSecond)
 		}
 		p("  rss           %.1f MiB before, %.1f MiB connected, %.1f MiB at end: +%.1f MiB, %.1f KiB per connection",
 			s.RSSBeforeMiB, s.RSSConnectedMiB, s.RSSEndMiB, s.RSSGrowthMiB, s.RSSPerConnectionKiB)
+		if s.RSSSettledMiB != nil && s.RSSSettledPerConnectionKiB != nil {
+			after := "joins"
+			if rep.Mode == "raw" {
+				after = "connects"
+			}
+			p("  rss settled   %.1f MiB %.1fs after the %s, before the senders: %+.1f MiB, %.1f KiB per connection",
+				*s.RSSSettledMiB, s.SettleSeconds, after, *s.RSSSettledMiB-s.RSSBeforeMiB, *s.RSSSettledPerConnectionKiB)
+		}
 	}
 	p("bench")
 	p("  cpu %.2fs, rss %.1f MiB", rep.Bench.CPUSeconds, rep.Bench.RSSMiB)
+}
+
+// fmtLeaveReplica describes how one replica saw the room empty.
+func fmtLeaveReplica(r leaveReplica) string {
+	var out string
+	switch {
+	case r.Empty:
+		out = fmt.Sprintf("empty after %s (%d polls, the first read %d)", fmtMs(r.EmptyMs), r.Polls, r.FirstCount)
+	case r.Polls > 0:
+		out = fmt.Sprintf("NOT EMPTY: count %d at the last of %d polls (the first read %d)", r.LastCount, r.Polls, r.FirstCount)
+	default:
+		out = "NOT EMPTY: no count read"
+	}
+	if r.Errors > 0 {
+		out += fmt.Sprintf("; %d errors, the last: %s", r.Errors, r.LastError)
+	}
+	return out
 }
 
 func fmtMs(v float64) string {

@@ -67,10 +67,26 @@ func run(ctx context.Context, cfg *config) (*report, error) {
 	}
 
 	// 2. Join the room (chat mode), then start reading.
-	start = time.Now()
-	b.joinReceivers(ctx, conns)
-	rep.JoinMs = ms(time.Since(start))
+	joinStart := time.Now()
+	lastReply := b.joinReceivers(ctx, conns)
+	rep.JoinMs = ms(time.Since(joinStart))
+	srv.sample("joined")
+	if !cfg.raw && !lastReply.IsZero() {
+		rep.LastJoinReplyMs = ms(lastReply.Sub(start))
+	}
 	rep.finishConnect(b)
+
+	// The server's memory once the joins have settled, before any sender
+	// connects: what each member costs it.
+	if srv.pid > 0 && len(b.receivers) > 0 {
+		joined := time.Now()
+		select {
+		case <-time.After(cfg.settle):
+		case <-ctx.Done():
+		}
+		srv.sample("settled")
+		rep.settledAfter = time.Since(joined) // shorter than -settle if the run stopped
+	}
 
 	// 3. Senders: connect, join, start reading.
 	sconns := b.connect(ctx, cfg.senders, func(i int) (string, string) {
@@ -101,7 +117,20 @@ func run(ctx context.Context, cfg *config) (*report, error) {
 	// 5. Wait for outstanding replies and deliveries, then stop.
 	rep.Drained = b.drain(ctx)
 	srv.sample("end")
+
+	// 6. Leave: close every connection at once and wait for the room to
+	// empty on every replica (chat mode, raw mode has no room to ask
+	// about; and not once the run has stopped).
+	closed := time.Now()
+	var leave chan *leaveReport
+	if !cfg.raw && ctx.Err() == nil {
+		leave = make(chan *leaveReport, 1)
+		go func() { leave <- b.awaitEmpty(ctx, closed, srv) }()
+	}
 	b.closeAll()
+	if leave != nil {
+		rep.Leave = <-leave
+	}
 	rep.sendStartNs = sendStart.UnixNano()
 	return b.finish(ctx, rep, srv, self0), nil
 }
@@ -138,8 +167,10 @@ func (b *bench) noteConnectError(err error) {
 }
 
 // joinReceivers joins every connected receiver to the room (not in raw
-// mode) and starts its read goroutine.
-func (b *bench) joinReceivers(ctx context.Context, conns []*setup) {
+// mode) and starts its read goroutine. It returns when the last join reply
+// arrived (zero if none did).
+func (b *bench) joinReceivers(ctx context.Context, conns []*setup) time.Time {
+	var lastReply atomic.Int64 // UnixNano
 	parallel(ctx, len(conns), b.cfg.dialConcurrency, func(i int) {
 		c := conns[i]
 		if c == nil {
@@ -155,11 +186,25 @@ func (b *bench) joinReceivers(ctx context.Context, conns []*setup) {
 			}
 			c.pending = append(c.pending, pending...)
 			c.seq = seq
+			storeMax(&lastReply, time.Now().UnixNano())
 		}
 	})
 	for i, c := range conns {
 		if c != nil {
 			b.startReceiver(i, c)
+		}
+	}
+	if lastReply.Load() == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, lastReply.Load())
+}
+
+// storeMax raises a to v unless it already holds more.
+func storeMax(a *atomic.Int64, v int64) {
+	for {
+		if old := a.Load(); old >= v || a.CompareAndSwap(old, v) {
+			return
 		}
 	}
 }
