@@ -12,6 +12,11 @@
   const BACKOFF_MAX_MS = 15000;
   const HISTORY_PAGE = 50;
   const DIRECTORY_REFRESH_MS = 20000;
+  // A large room (SPEC §15) may hold thousands of users: the member list
+  // renders this many names at first, and "Show more" adds as many again.
+  const MEMBERS_SHOWN = 100;
+  const MEMBERS_PAGE = 200;      // users asked for per `members` page when showing more
+  const MEMBERS_PAGES_PER_CLICK = 5;
   // Failures where we cannot know if the server got the message: safe to
   // resend automatically with the same idempotency key after reconnecting.
   const CONN_ERRORS = new Set(['offline', 'disconnected', 'timeout']);
@@ -46,6 +51,23 @@
     return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
   };
   const fmtTime = (ts) => new Date(ts).toLocaleTimeString();
+  const fmtCount = (n) => n.toLocaleString();
+  const collator = new Intl.Collator();
+  // The server sorts users by code point (UTF-8 bytes), and `members` pages
+  // (`after`) follow that order. JavaScript's < compares UTF-16 units, which
+  // put U+E000..U+FFFF above the surrogates of astral code points; shifting
+  // both ranges gives code-point order.
+  function cmpUser(a, b) {
+    const n = Math.min(a.length, b.length);
+    for (let i = 0; i < n; i++) {
+      let x = a.charCodeAt(i), y = b.charCodeAt(i);
+      if (x === y) continue;
+      x = x >= 0xE000 ? x - 0x800 : x >= 0xD800 ? x + 0x2000 : x;
+      y = y >= 0xE000 ? y - 0x800 : y >= 0xD800 ? y + 0x2000 : y;
+      return x - y;
+    }
+    return a.length - b.length;
+  }
   const codedError = (code, message) => Object.assign(new Error(message || code), { code });
   function errText(e, room) {
     if (e.code === 'user_offline') return `${room && room.peer ? room.peer : 'User'} is offline`;
@@ -90,7 +112,17 @@
       epoch: null, lastSeq: 0,     // last (epoch, seq) seen, for `since` on re-join
       items: [], keys: new Set(),  // confirmed messages + notices, sorted; keys dedupe
       outbox: [],                  // our pending / failed sends, shown after items
-      members: [], unread: 0, noOlder: false, loadingOlder: false,
+      unread: 0, noOlder: false, loadingOlder: false,
+      // Presence. `count` is the number of users present, as the server
+      // counts them; `members` (user -> connections) the ones the page knows.
+      // In a small room they agree. In a large one `members` is a part of
+      // the room: the first page of `members` plus what presence events
+      // named, so the count is never taken from it.
+      members: new Map(), count: 0,
+      pageFrom: null,       // the next `members` page starts after this user (null: at the first)
+      showLimit: MEMBERS_SHOWN, loadingMembers: false,
+      sorted: null,         // display order of `members`, made again after each change
+      memberEls: new Map(), // user -> rendered <li>, reused between renders
       typing: new Map(), membersTimer: null, draft: '', li: null,
     };
   }
@@ -261,6 +293,7 @@
       case 'direct': return onDirect(ev);
       case 'joined':
       case 'left': return onPresence(ev);
+      case 'presence': return onPresenceDiff(ev);
       case 'typing': return onTyping(ev);
       case 'resync': {
         const room = S.rooms.get(ev.room);
@@ -349,6 +382,9 @@
     if (addItem(room, dmItem(d)) && d.from !== S.me && room.key !== S.current) room.unread++;
   }
 
+  // joined/left: one per connection, in a room within the server's
+  // Chat.PresenceEventLimit. Shown at once, then confirmed by `members`
+  // (which also knows how many connections each user has).
   function onPresence(ev) {
     const room = S.rooms.get(ev.room);
     if (!room) return;
@@ -356,8 +392,40 @@
       room.joined = false;
       addNotice(room, 'You are no longer in this room');
     }
-    if (ev.type === 'left') clearTyping(room, ev.user);
+    const n = room.members.get(ev.user);
+    if (ev.type === 'joined' && n == null) {
+      room.members.set(ev.user, 1);
+      room.count++;
+    }
+    if (ev.type === 'left') {
+      clearTyping(room, ev.user);
+      if (n > 1) room.members.set(ev.user, n - 1);
+      else if (n === 1) { room.members.delete(ev.user); room.count = Math.max(0, room.count - 1); }
+    }
+    room.sorted = null;
     refreshMembers(room);
+  }
+
+  // presence: a large room's users that came and went since the last one,
+  // and the exact count. The lists are net (joined users were not there
+  // before), so they explain the count's move, unless they were cut at 100
+  // names or an event was lost: then users the page never heard of are
+  // present, anywhere in the order, and the next page is read from the start.
+  // (A joined user the page knows already, such as itself just after its
+  // join reply, is in the count it has.)
+  function onPresenceDiff(ev) {
+    const room = S.rooms.get(ev.room);
+    if (!room || room.dm || typeof ev.count !== 'number') return;
+    const joined = (ev.joined || []).filter((u) => !room.members.has(u));
+    const left = ev.left || [];
+    if (room.count + joined.length - left.length !== ev.count) room.pageFrom = null;
+    for (const u of joined) room.members.set(u, 1);
+    for (const u of left) { room.members.delete(u); clearTyping(room, u); }
+    room.count = ev.count;
+    room.sorted = null;
+    // More names than users: some that left went unnamed, and only a fresh
+    // read can tell which. Once, after the burst, not per event.
+    if (room.members.size > room.count && !room.membersTimer) refreshMembers(room, true, 1000 + Math.random() * 2000);
   }
 
   function onTyping(ev) {
@@ -373,13 +441,78 @@
   }
 
   // Presence events come in bursts; ask for the authoritative list once.
-  function refreshMembers(room) {
+  // The first page (the whole of a small room); `fresh` forgets every name
+  // it does not cover instead of keeping what presence events taught.
+  function refreshMembers(room, fresh = false, delay = 250) {
     clearTimeout(room.membersTimer);
     room.membersTimer = setTimeout(() => {
+      room.membersTimer = null;
       cmd('members', { room: room.key })
-        .then((r) => { room.members = r.members || []; renderAll(); })
+        .then((r) => { if (S.rooms.get(room.key) === room) { applyFirstPage(room, r, fresh); renderAll(); } })
         .catch(() => {});
-    }, 250);
+    }, delay);
+  }
+
+  // A `members` or `join` result: the first page of users, and their count.
+  function applyFirstPage(room, r, fresh) {
+    const list = r.members || [];
+    const count = typeof r.count === 'number' ? r.count : list.length; // an older server sends no count
+    applyMembers(room, list, count, null, list.length >= count, fresh);
+  }
+
+  // applyMembers merges one page of users (sorted by the server) that starts
+  // after the user `after` (null: at the first). The page is the truth about
+  // the users it spans, from `after` to its last user, or to the end when
+  // it is the last page; names outside that span stay as presence events
+  // left them, unless `fresh`.
+  function applyMembers(room, list, count, after, end, fresh) {
+    end = end || !list.length;
+    const last = list.length ? list[list.length - 1].user : after;
+    for (const user of room.members.keys()) {
+      const inSpan = (after == null || cmpUser(user, after) > 0) && (end || cmpUser(user, last) <= 0);
+      if (fresh || inSpan) room.members.delete(user);
+    }
+    for (const m of list) room.members.set(m.user, m.connections || 1);
+    room.count = count;
+    room.pageFrom = end ? null : last;
+    room.sorted = null;
+  }
+
+  // "Show more": render MEMBERS_SHOWN more names, reading `members` pages
+  // until the page knows enough of them (a few pages per click at most).
+  async function showMoreMembers(room) {
+    if (room.loadingMembers) return;
+    const button = $('members-show-more');
+    const hadFocus = document.activeElement === button;
+    const shown = Math.min(room.showLimit, room.members.size);
+    if (shown >= room.showLimit) room.showLimit += MEMBERS_SHOWN;
+    const want = () => Math.min(room.showLimit, room.count);
+    if (room.members.size < want()) {
+      room.loadingMembers = true;
+      renderAll();
+      try {
+        for (let i = 0; i < MEMBERS_PAGES_PER_CLICK && room.members.size < want(); i++) {
+          const after = room.pageFrom;
+          const r = await cmd('members', after == null ? { room: room.key, limit: MEMBERS_PAGE } : { room: room.key, limit: MEMBERS_PAGE, after });
+          if (S.rooms.get(room.key) !== room) break;
+          const list = r.members || [];
+          const end = list.length < MEMBERS_PAGE;
+          applyMembers(room, list, typeof r.count === 'number' ? r.count : room.count, after, end, false);
+          if (end) break;
+        }
+      } catch (e) {
+        toast(`Members of ${room.key}: ${errText(e)}`);
+      } finally {
+        room.loadingMembers = false;
+      }
+    }
+    renderAll();
+    // Everyone is listed and the button is gone: keep a keyboard user where the list ends.
+    if (hadFocus && $('members-more').hidden) {
+      const last = $('members').lastElementChild;
+      const target = last && last.querySelector('button');
+      if (target) target.focus();
+    }
   }
 
   function refreshDirectory() {
@@ -414,7 +547,7 @@
   function applyJoin(room, r, hadSince) {
     room.joining = false;
     room.joined = true;
-    room.members = r.members || [];
+    applyFirstPage(room, r, true);
     const hist = (r.history || []).map(msgItem);
     if (hadSince && r.recovered) {
       hist.forEach((it) => addItem(room, it)); // only what we missed; dedupe by seq
@@ -584,7 +717,7 @@
         r.li.append(b);
       }
       const b = r.li.firstChild;
-      const count = r.dm ? '' : String(r.members.length);
+      const count = r.dm ? '' : fmtCount(r.count);
       b.querySelector('.count').textContent = count;
       b.querySelector('.count').title = r.dm ? '' : 'members';
       const unread = b.querySelector('.unread');
@@ -704,41 +837,66 @@
     return li;
   }
 
+  // The member list renders at most room.showLimit names (you first, then by
+  // name), never a room of 10,000: the rest is one line, "and N more".
   function renderMembers() {
     const ul = $('members');
     const room = S.rooms.get(S.current);
-    // Rebuilding drops focus; remember which member had it and restore it.
-    const focused = document.activeElement && document.activeElement.closest('#members li');
-    const focusedUser = focused ? focused.dataset.user : null;
-    ul.textContent = '';
-    let list = [];
-    if (room && room.dm) list = [{ user: room.peer }, { user: S.me }];
-    else if (room) list = [...room.members].sort((a, b) => (b.user === S.me) - (a.user === S.me) || a.user.localeCompare(b.user));
-    for (const m of list) {
-      const li = el('li', 'member');
-      li.dataset.user = m.user;
-      const label = el(m.user === S.me ? 'span' : 'button', 'member-name');
-      label.append(el('span', 'dot'), el('span', 'user', m.user));
-      if (m.user === S.me) label.append(el('span', 'you', '(you)'));
+    let nodes = [];
+    let more = 0;
+    if (room && room.dm) {
+      nodes = [...new Set([room.peer, S.me])].map((u) => memberEl(room, u, 1)); // a DM to yourself is one
+    } else if (room) {
+      if (!room.sorted) {
+        room.sorted = [...room.members.keys()].sort((a, b) => (b === S.me) - (a === S.me) || collator.compare(a, b));
+      }
+      const shown = room.sorted.slice(0, room.showLimit);
+      nodes = shown.map((u) => memberEl(room, u, room.members.get(u)));
+      more = room.count - shown.length;
+      // Elements of users no longer shown are dropped, so the cache stays as small as the list.
+      const keep = new Set(shown);
+      for (const u of room.memberEls.keys()) if (!keep.has(u)) room.memberEls.delete(u);
+    }
+    reconcile(ul, nodes); // keeps the elements, and so the focus, of users still shown
+    $('member-count').textContent = room && !room.dm ? `(${fmtCount(room.count)})` : '';
+    const box = $('members-more');
+    box.hidden = !(more > 0);
+    if (more > 0) {
+      $('members-more-text').textContent = `and ${fmtCount(more)} more`;
+      // Not disabled while loading: that would take the focus away from it.
+      const b = $('members-show-more');
+      b.setAttribute('aria-busy', String(room.loadingMembers));
+      b.textContent = room.loadingMembers ? 'Loading…' : 'Show more';
+    }
+  }
+
+  // memberEl is a member's <li>, made once and reused while it is shown.
+  function memberEl(room, user, connections) {
+    const me = user === S.me;
+    let li = room.memberEls.get(user);
+    if (!li || li.dataset.me !== String(me)) { // a guest's name changes on reconnect
+      li = el('li', 'member');
+      li.dataset.user = user;
+      li.dataset.me = String(me);
+      const label = el(me ? 'span' : 'button', 'member-name');
+      label.append(el('span', 'dot'), el('span', 'user', user));
+      if (me) label.append(el('span', 'you', '(you)'));
       else {
         label.type = 'button';
-        label.title = `Send a direct message to ${m.user}`;
-        label.addEventListener('click', () => { ensureDM(m.user); switchRoom('@' + m.user); renderAll(); $('composer').focus(); });
+        label.title = `Send a direct message to ${user}`;
+        label.addEventListener('click', () => { ensureDM(user); switchRoom('@' + user); renderAll(); $('composer').focus(); });
       }
       li.append(label);
-      if (m.connections > 1) { // several tabs or devices
-        const c = el('span', 'conns', m.connections);
-        c.title = `${m.connections} connection${m.connections === 1 ? '' : 's'}`;
-        c.setAttribute('aria-label', c.title);
-        li.append(c);
-      }
-      ul.append(li);
+      room.memberEls.set(user, li);
     }
-    $('member-count').textContent = room && !room.dm ? `(${list.length})` : '';
-    if (focusedUser) {
-      const again = ul.querySelector(`li[data-user="${CSS.escape(focusedUser)}"] button`);
-      if (again) again.focus();
-    }
+    let c = li.querySelector('.conns');
+    if (connections > 1) { // several tabs or devices
+      if (!c) { c = el('span', 'conns'); li.append(c); }
+      c.textContent = String(connections);
+      c.title = `${connections} connections`;
+      c.setAttribute('aria-label', c.title);
+    } else if (c) c.remove();
+    return li;
   }
 
   function renderTyping() {
@@ -823,6 +981,11 @@
 
   $('leave').addEventListener('click', leaveCurrent);
 
+  $('members-show-more').addEventListener('click', () => {
+    const room = S.rooms.get(S.current);
+    if (room && !room.dm) showMoreMembers(room);
+  });
+
   $('load-older').addEventListener('click', () => {
     const room = S.rooms.get(S.current);
     if (!room || room.dm || room.loadingOlder || room.noOlder) return;
@@ -892,7 +1055,8 @@
       current: S.current,
       rooms: Object.fromEntries([...S.rooms.values()].map((r) => [r.key, {
         joined: r.joined, epoch: r.epoch, seq: r.lastSeq, unread: r.unread,
-        members: r.members.map((m) => m.user),
+        members: [...r.members.keys()],
+        count: r.count,
         messages: r.items.filter((it) => it.kind === 'msg').length,
         outbox: r.outbox.map((o) => ({ key: o.key, status: o.status, error: o.error })),
       }])),

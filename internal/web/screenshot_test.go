@@ -62,14 +62,20 @@ func TestScreenshots(t *testing.T) {
 			dirs = append(dirs, filepath.Join("..", "..", "docs", "screenshots"))
 		}
 		for _, dir := range dirs {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, name), png, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			saveScreenshot(t, dir, name, png)
 		}
 	}
 	shoot("page-desktop.png", 1280, 800)
 	shoot("page-mobile.png", 390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2))
+}
+
+// saveScreenshot writes png into dir as name.
+func saveScreenshot(t *testing.T, dir, name string, png []byte) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
