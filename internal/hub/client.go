@@ -247,9 +247,31 @@ func (c *Client) Take() Batch {
 	for i := range c.spare {
 		c.spare[i] = nil // let the previous batch's events be collected
 	}
-	c.queue, c.spare, c.queued, c.controls = c.spare[:0], b.Events, 0, nil
+	spare := b.Events
+	if oversized(spare, len(spare)) {
+		spare = nil // a burst's slice carrying a small batch: not worth keeping
+	}
+	c.queue, c.spare, c.queued, c.controls = keptSlice(c.spare, len(b.Events)), spare, 0, nil
 	return b
 }
+
+// maxIdleEvents is the most event slots a client keeps while its batches
+// are small. A burst (the joined events of a room filling up, a backlog
+// after a stall) grows its slices to hundreds of slots; kept for the
+// connection's life, they would cost every idle connection kilobytes.
+const maxIdleEvents = 64
+
+// keptSlice is s emptied for reuse, or nil when it is far larger (16
+// times) than the last batch (used events) needed: steady traffic, even
+// uneven, reuses its slices, and a burst's go with the next small batch.
+func keptSlice(s [][]byte, used int) [][]byte {
+	if oversized(s, used) {
+		return nil
+	}
+	return s[:0]
+}
+
+func oversized(s [][]byte, used int) bool { return cap(s) > maxIdleEvents && cap(s) > 16*used }
 
 // Drain is Take for an owner that writes no control frames.
 func (c *Client) Drain() ([][]byte, *CloseRequest) {

@@ -463,7 +463,7 @@ func (h *Hub) flush() {
 		n := c.enqueue(c.staged, c.stagedUrgent)
 		h.delivered.Add(int64(n))
 		clear(c.staged)
-		c.staged, c.stagedUrgent, c.dirty = c.staged[:0], false, false
+		c.staged, c.stagedUrgent, c.dirty = keptSlice(c.staged, len(c.staged)), false, false
 		h.dirty[i] = nil
 	}
 	h.dirty = h.dirty[:0]
