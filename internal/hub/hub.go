@@ -61,6 +61,45 @@ type room struct {
 	// changes gathers a large room's joins and leaves (KindPresence) until
 	// TakePresence hands them out: per user, +1 joined, -1 left, 0 both.
 	changes map[string]int
+	// recent holds the last messages delivered (at least recentMessages of
+	// them, consecutive seqs up to lastSeq; empty after a gap), so that a
+	// join whose history read is a few messages behind, as every join into
+	// a busy room is, gets them from here instead of reading again.
+	recent []recentMessage
+}
+
+// recentMessage is a delivered room message, as its members got it.
+type recentMessage struct {
+	seq     int64
+	payload []byte
+}
+
+// recentMessages is how many delivered messages a room keeps for joins:
+// a join reads history, then reaches the loop some milliseconds later;
+// 32 messages cover that at hundreds of messages a second.
+const recentMessages = 32
+
+// remember keeps a delivered message for joins that read history before it.
+func (r *room) remember(seq int64, payload []byte) {
+	if n := len(r.recent); n > 0 && r.recent[n-1].seq != seq-1 {
+		r.recent = r.recent[:0] // a gap: what is kept must be consecutive
+	}
+	r.recent = append(r.recent, recentMessage{seq, payload})
+	if len(r.recent) >= 2*recentMessages { // trimmed now and then, not per message
+		n := copy(r.recent, r.recent[len(r.recent)-recentMessages:])
+		clear(r.recent[n:])
+		r.recent = r.recent[:n]
+	}
+}
+
+// since returns the delivered messages after seq, when the room still
+// keeps every one of them.
+func (r *room) since(seq int64) ([]recentMessage, bool) {
+	n := len(r.recent)
+	if n == 0 || r.recent[n-1].seq != r.lastSeq || r.recent[0].seq > seq+1 {
+		return nil, false
+	}
+	return r.recent[seq+1-r.recent[0].seq:], true
 }
 
 // member is a client in a room and what its join reply covered: later
@@ -410,8 +449,12 @@ func (h *Hub) join(req *JoinRequest) JoinResult {
 			r.epoch, r.lastSeq = p.epoch, p.seq
 		}
 	}
+	var missed []recentMessage
 	if r.epoch == req.Epoch && req.Seq < r.lastSeq {
-		return JoinResult{Stale: true, LastSeq: r.lastSeq}
+		var ok bool
+		if missed, ok = r.since(req.Seq); !ok {
+			return JoinResult{Stale: true, LastSeq: r.lastSeq}
+		}
 	}
 	if len(r.members) == 0 {
 		h.rooms[req.Room] = r
@@ -419,12 +462,19 @@ func (h *Hub) join(req *JoinRequest) JoinResult {
 		delete(h.idle, req.Room)
 		delete(h.idleOld, req.Room)
 	}
-	r.set(req.Client, position{req.Epoch, req.Seq})
+	at := req.Seq
+	if len(missed) > 0 {
+		at = r.lastSeq // the missed messages follow the reply
+	}
+	r.set(req.Client, position{req.Epoch, at})
 	if req.Client.rooms == nil {
 		req.Client.rooms = make(map[string]struct{})
 	}
 	req.Client.rooms[req.Room] = struct{}{}
 	h.sendReply(req.Client, req.Reply)
+	for _, m := range missed { // after the reply, as if they had come after it
+		h.send(req.Client, m.payload)
+	}
 	return JoinResult{LastSeq: r.lastSeq}
 }
 
@@ -508,6 +558,7 @@ func (h *Hub) deliver(d broker.Delivery) {
 		if r != nil && r.epoch == d.Message.Epoch {
 			if d.Message.Seq > r.lastSeq {
 				r.lastSeq = d.Message.Seq
+				r.recent = r.recent[:0] // the messages up to it were lost
 			}
 			for _, m := range r.members {
 				h.send(m.client, d.Payload)
@@ -544,11 +595,13 @@ func (h *Hub) deliverMessage(d broker.Delivery) {
 	}
 	if m.Epoch != r.epoch {
 		r.epoch, r.lastSeq = m.Epoch, 0 // the room's sequence restarted (its history was lost)
+		r.recent = r.recent[:0]
 	}
 	if m.Seq <= r.lastSeq {
 		return // already delivered
 	}
 	r.lastSeq = m.Seq
+	r.remember(m.Seq, d.Payload)
 	var resync []byte
 	for i := range r.members {
 		member := &r.members[i]

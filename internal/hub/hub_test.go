@@ -172,30 +172,77 @@ func TestMemberGetsOnlyMessagesAfterItsJoinSeq(t *testing.T) {
 	}
 }
 
-func TestStaleJoinIsRefusedAndAddsNoMember(t *testing.T) {
+// A join whose history read is a few messages behind the Hub (every join
+// into a busy room) is not refused: the Hub queues the reply, then the
+// messages delivered since the read, each once and in order.
+func TestJoinBehindByAFewMessagesGetsThemAfterItsReply(t *testing.T) {
 	h := newHub(t)
 	early := register(t, h, "c1", "alice")
 	late := register(t, h, "c2", "bob")
 	member(t, h, early, "lobby", "e", 0)
 	deliver(h, "lobby", "e", 1, 2, 3)
 	early.next(t, 4)
-	r := join(t, h, late, "lobby", "e", 1) // read history before 2 and 3 were delivered
-	if !r.Stale || r.LastSeq != 3 {
-		t.Fatalf("join at seq 1 after the Hub delivered 3 = %+v, want Stale with LastSeq 3", r)
+	if r := join(t, h, late, "lobby", "e", 1); r.Stale || r.LastSeq != 3 { // read history before 2 and 3 were delivered
+		t.Fatalf("join at seq 1 after the Hub delivered 3 = %+v, want accepted", r)
 	}
 	deliver(h, "lobby", "e", 4)
+	if got := types(late.next(t, 4)); !reflect.DeepEqual(got, []string{"reply", "message#2", "message#3", "message#4"}) {
+		t.Fatalf("late joiner got %v", got)
+	}
+	if got := late.rest(t); len(got) != 0 {
+		t.Fatalf("late joiner got more: %v", got)
+	}
+}
+
+// A join further behind than the Hub keeps is refused (Stale) and adds no
+// member: the caller reads history again.
+func TestStaleJoinIsRefusedAndAddsNoMember(t *testing.T) {
+	h := newHub(t)
+	early := register(t, h, "c1", "alice")
+	late := register(t, h, "c2", "bob")
+	member(t, h, early, "lobby", "e", 0)
+	const delivered = 200 // more than a room keeps for joins
+	for seq := int64(1); seq <= delivered; seq++ {
+		deliver(h, "lobby", "e", seq)
+	}
+	early.next(t, 1+delivered)
+	r := join(t, h, late, "lobby", "e", 1)
+	if !r.Stale || r.LastSeq != delivered {
+		t.Fatalf("join at seq 1 after the Hub delivered %d = %+v, want Stale with LastSeq %d", delivered, r, delivered)
+	}
+	deliver(h, "lobby", "e", delivered+1)
 	early.next(t, 1)
 	if got := late.rest(t); len(got) != 0 {
 		t.Fatalf("a stale join queued %v; it must queue no reply and add no member", got)
 	}
-	if r := join(t, h, late, "lobby", "e", 4); r.Stale || r.LastSeq != 4 {
-		t.Fatalf("retried join at the Hub's seq = %+v, want accepted at 4", r)
+	if r := join(t, h, late, "lobby", "e", delivered+1); r.Stale || r.LastSeq != delivered+1 {
+		t.Fatalf("retried join at the Hub's seq = %+v, want accepted at %d", r, delivered+1)
 	}
 }
 
-// The node subscribes to a room before its first local member's join reads
-// history; messages delivered in between reach a room without members, and
-// the Hub must still know that it handed them out.
+// After a gap (a resync) the Hub keeps nothing from before it: a join
+// behind the gap is refused.
+func TestJoinBehindAResyncIsStale(t *testing.T) {
+	h := newHub(t)
+	early := register(t, h, "c1", "alice")
+	late := register(t, h, "c2", "bob")
+	member(t, h, early, "lobby", "e", 0)
+	deliver(h, "lobby", "e", 1, 2)
+	h.Deliver(broker.Delivery{Kind: broker.KindResync, Topic: broker.Room("lobby"),
+		Message: protocol.Message{Room: "lobby", Epoch: "e", Seq: 5}, Payload: []byte(`{"type":"resync"}`)})
+	deliver(h, "lobby", "e", 6)
+	early.next(t, 5)
+	if r := join(t, h, late, "lobby", "e", 2); !r.Stale {
+		t.Fatalf("join at 2 across a resync at 5 = %+v, want Stale", r)
+	}
+	if r := join(t, h, late, "lobby", "e", 5); r.Stale || r.LastSeq != 6 {
+		t.Fatalf("join at 5, after the resync = %+v, want accepted", r)
+	}
+	if got := types(late.next(t, 2)); !reflect.DeepEqual(got, []string{"reply", "message#6"}) {
+		t.Fatalf("joiner got %v", got)
+	}
+}
+
 func TestJoinIsStaleAfterMessagesReachedTheRoomBeforeItsFirstMember(t *testing.T) {
 	h := newHub(t)
 	b := newBarrier(t, h)

@@ -231,3 +231,42 @@ func TestJoinReplyOfALargeRoomListsItsFirstHundredMembers(t *testing.T) {
 		t.Fatalf("join reply: count %d, %d members from %v to %v", j.Count, len(j.Members), j.Members[0], j.Members[len(j.Members)-1])
 	}
 }
+
+// Joins into a room that messages keep arriving in read history a few
+// messages behind the node: each joiner still gets every message after its
+// reply's seq once, in order, and no join is refused as too busy.
+func TestJoinsIntoABusyRoomMissNothing(t *testing.T) {
+	s := chattest.Start(t, fast)
+	sender := s.DialName(t, "sender")
+	sender.Join("busy")
+	const joiners, sends = 20, 400
+	done := make(chan int64)
+	go func() {
+		for i := range sends {
+			sender.Send(map[string]any{"type": "send", "room": "busy", "text": fmt.Sprint(i)})
+			time.Sleep(time.Millisecond)
+		}
+		done <- sender.Say("busy", "last") // after every send before it
+	}()
+	type joined struct {
+		c *chattest.Client
+		s int64 // the seq of its join reply
+	}
+	var all []joined
+	for i := range joiners {
+		c := s.DialName(t, fmt.Sprintf("joiner%d", i))
+		var j struct {
+			Seq int64 `json:"seq"`
+		}
+		c.OK("join", map[string]any{"room": "busy"}, &j)
+		all = append(all, joined{c: c, s: j.Seq})
+	}
+	last := <-done
+	for _, x := range all {
+		for want := x.s + 1; want <= last; want++ {
+			if m := x.c.Message("busy"); m.Seq != want {
+				t.Fatalf("%s joined at seq %d and got seq %d, want %d", x.c.Welcome.Str("user"), x.s, m.Seq, want)
+			}
+		}
+	}
+}
