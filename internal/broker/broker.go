@@ -82,6 +82,9 @@ type Broker interface {
 	Rooms(ctx context.Context) ([]RoomInfo, error)
 	// UserConnections counts a user's connections on every node.
 	UserConnections(ctx context.Context, user string) (int, error)
+	// Session finds a live connection (Connect, not yet Disconnect nor
+	// expired) by its client id, on any node: its node and key hash.
+	Session(ctx context.Context, client string) (Conn, bool, error)
 
 	// Ping reports whether the backbone answers.
 	Ping(ctx context.Context) error
@@ -122,6 +125,9 @@ type Conn struct {
 	Client string
 	User   string
 	Node   string
+	// KeyHash is the hash of a session's command key (SPEC §12: commands
+	// over HTTP reach the session from any node); "" for a WebSocket.
+	KeyHash string
 }
 
 // RoomPresence is a room's presence right after a Join or Leave.
@@ -168,6 +174,9 @@ const (
 	// node gathers these into periodic "presence" events for its members
 	// rather than sending each one on (SPEC §15). Best effort, like KindEvent.
 	KindPresence
+	// KindCommand: a frame of commands (Payload) posted over HTTP for the
+	// session Client, which lives on the node of the topic (a TopicNode).
+	KindCommand
 )
 
 // Delivery is what a node receives from the backbone.
@@ -179,6 +188,7 @@ type Delivery struct {
 	Exclude string           // a client id that must not receive it
 	User    string           // KindPresence
 	Joined  bool             // KindPresence: joined, else left
+	Client  string           // KindCommand: the session
 }
 
 // Topic names what a subscription or event is about.
@@ -195,11 +205,15 @@ const (
 	TopicRoom TopicKind = iota + 1
 	TopicUser
 	TopicBroadcast
+	TopicNode // one node: what only that node can do (a session's commands)
 )
 
 // Room, User and Broadcast build topics.
 func Room(name string) Topic { return Topic{Kind: TopicRoom, Name: name} }
 func User(name string) Topic { return Topic{Kind: TopicUser, Name: name} }
+
+// NodeTopic reaches the node with the id; every node subscribes to its own.
+func NodeTopic(id string) Topic { return Topic{Kind: TopicNode, Name: id} }
 
 // BroadcastTopic reaches every node.
 var BroadcastTopic = Topic{Kind: TopicBroadcast}

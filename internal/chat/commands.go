@@ -11,61 +11,16 @@ import (
 	"chat/internal/protocol"
 )
 
-type joinResult struct {
-	Room      string             `json:"room"`
-	Epoch     string             `json:"epoch"`
-	Seq       int64              `json:"seq"`
-	Members   []protocol.Member  `json:"members"` // the first page (all of a room within Chat.PresenceEventLimit)
-	Count     int                `json:"count"`   // users present, all pages
-	History   []protocol.Message `json:"history"`
-	Recovered bool               `json:"recovered"`
-}
-
-type roomResult struct {
-	Room string `json:"room"`
-}
-
-type sendResult struct {
-	Room string `json:"room"`
-	Seq  int64  `json:"seq"`
-	TS   int64  `json:"ts"`
-}
-
-type directResult struct {
-	To string `json:"to"`
-	TS int64  `json:"ts"`
-}
-
-type historyResult struct {
-	Room     string             `json:"room"`
-	Messages []protocol.Message `json:"messages"`
-}
-
-type membersResult struct {
-	Room    string            `json:"room"`
-	Members []protocol.Member `json:"members"`
-	Count   int               `json:"count"`
-}
-
-type roomCount struct {
-	Room    string `json:"room"`
-	Members int    `json:"members"`
-}
-
-type roomsResult struct {
-	Rooms []roomCount `json:"rooms"`
-}
-
 // handleCommand parses, rate-limits and runs one command and answers it: a
 // reply when it has an id, an error event when it failed without one.
-func (c *Conn) handleCommand(line []byte) {
+func (s *Session) handleCommand(line []byte) {
 	cmd, perr := protocol.DecodeCommand(line)
 	if perr != nil {
-		c.answer(cmd.ID, nil, perr)
+		s.answer(cmd.ID, nil, perr)
 		return
 	}
-	if !c.limiter.allow(time.Now()) {
-		c.answer(cmd.ID, nil, protocol.Errorf(protocol.CodeRateLimited, "over %g commands per second; command dropped", c.node.cfg.RateLimit))
+	if !s.limiter.allow(time.Now()) {
+		s.answer(cmd.ID, nil, protocol.Errorf(protocol.CodeRateLimited, "over %g commands per second; command dropped", s.node.cfg.RateLimit))
 		return
 	}
 	ctx, cancel := brokerContext(context.Background())
@@ -76,35 +31,35 @@ func (c *Conn) handleCommand(line []byte) {
 	)
 	switch cmd.Type {
 	case "join":
-		if err = c.join(ctx, &cmd); err == nil {
+		if err = s.join(ctx, &cmd); err == nil {
 			return // the Hub queued the reply
 		}
 	case "leave":
-		if err = c.leave(ctx, &cmd); err == nil {
+		if err = s.leave(ctx, &cmd); err == nil {
 			return // the Hub queued the reply
 		}
 	case "send":
-		result, err = c.send(ctx, &cmd)
+		result, err = s.send(ctx, &cmd)
 	case "direct":
-		result, err = c.direct(ctx, &cmd)
+		result, err = s.direct(ctx, &cmd)
 	case "typing":
-		result, err = c.typing(ctx, &cmd)
+		result, err = s.typing(ctx, &cmd)
 	case "history":
 		var msgs []protocol.Message
-		msgs, err = c.node.History(ctx, cmd.Room, cmd.Before, cmd.Limit)
-		result = historyResult{Room: cmd.Room, Messages: msgs}
+		msgs, err = s.node.History(ctx, cmd.Room, cmd.Before, cmd.Limit)
+		result = protocol.HistoryResult{Room: cmd.Room, Messages: msgs}
 	case "members":
 		var page broker.MembersPage
-		page, err = c.node.Members(ctx, cmd.Room, cmd.After, cmd.Limit)
-		result = membersResult{Room: cmd.Room, Members: page.Members, Count: page.Count}
+		page, err = s.node.Members(ctx, cmd.Room, cmd.After, cmd.Limit)
+		result = protocol.MembersResult{Room: cmd.Room, Members: page.Members, Count: page.Count}
 	case "rooms":
-		result, err = c.roomList(ctx)
+		result, err = s.roomList(ctx)
 	case "":
 		err = protocol.Errorf(protocol.CodeBadRequest, "type is required")
 	default:
 		err = protocol.Errorf(protocol.CodeUnknownType, "unknown command type %q", cmd.Type)
 	}
-	c.answer(cmd.ID, result, err)
+	s.answer(cmd.ID, result, err)
 }
 
 // encodeReply encodes the answer to a command: nil when there is nothing to
@@ -126,17 +81,17 @@ func encodeReply(id json.RawMessage, result any, err error) []byte {
 	return protocol.MustEncode(protocol.Reply{Type: "reply", ID: id, Result: result})
 }
 
-func (c *Conn) answer(id json.RawMessage, result any, err error) {
+func (s *Session) answer(id json.RawMessage, result any, err error) {
 	if reply := encodeReply(id, result, err); reply != nil {
-		c.client.EnqueueReply(reply)
+		s.client.EnqueueReply(reply)
 	}
 }
 
-func (c *Conn) memberOf(room string) error {
+func (s *Session) memberOf(room string) error {
 	if err := protocol.CheckRoom(room); err != nil {
 		return err
 	}
-	if _, ok := c.rooms[room]; !ok {
+	if _, ok := s.rooms[room]; !ok {
 		return protocol.Errorf(protocol.CodeNotMember, "join %s first", room)
 	}
 	return nil
@@ -145,23 +100,23 @@ func (c *Conn) memberOf(room string) error {
 // join adds the connection to a room. The node subscribes to the room
 // before reading its history, so nothing published after the read is
 // missed; the Hub then delivers only what the reply did not hold.
-func (c *Conn) join(ctx context.Context, cmd *protocol.Command) error {
+func (s *Session) join(ctx context.Context, cmd *protocol.Command) error {
 	room := cmd.Room
 	if err := protocol.CheckRoom(room); err != nil {
 		return err
 	}
-	_, member := c.rooms[room]
-	if !member && len(c.rooms) >= c.node.cfg.MaxRooms {
-		return protocol.Errorf(protocol.CodeTooManyRooms, "a connection may be in at most %d rooms", c.node.cfg.MaxRooms)
+	_, member := s.rooms[room]
+	if !member && len(s.rooms) >= s.node.cfg.MaxRooms {
+		return protocol.Errorf(protocol.CodeTooManyRooms, "a connection may be in at most %d rooms", s.node.cfg.MaxRooms)
 	}
-	n := c.node
+	n := s.node
 	var presence broker.RoomPresence
 	if !member {
 		if err := n.subs.acquire(ctx, broker.Room(room)); err != nil {
 			return brokerError("subscribe "+room, err)
 		}
 		var err error
-		if presence, err = n.broker.Join(ctx, room, c.presence); err != nil {
+		if presence, err = n.broker.Join(ctx, room, s.presence); err != nil {
 			_ = n.subs.release(ctx, broker.Room(room))
 			return brokerError("join "+room, err)
 		}
@@ -173,27 +128,27 @@ func (c *Conn) join(ctx context.Context, cmd *protocol.Command) error {
 	if n.largeRoom(presence.Count) {
 		page = largeRoomJoinPage
 	}
-	if err := c.joinHub(ctx, cmd, page); err != nil {
+	if err := s.joinHub(ctx, cmd, page); err != nil {
 		if !member {
-			_, _ = n.broker.Leave(ctx, room, c.presence)
+			_, _ = n.broker.Leave(ctx, room, s.presence)
 			_ = n.subs.release(ctx, broker.Room(room))
 		}
 		return err
 	}
 	if !member {
-		if c.rooms == nil { // made on the first join: many connections never join
-			c.rooms = make(map[string]struct{})
+		if s.rooms == nil { // made on the first join: many connections never join
+			s.rooms = make(map[string]struct{})
 		}
-		c.rooms[room] = struct{}{}
-		c.announce(ctx, room, presence, true)
+		s.rooms[room] = struct{}{}
+		s.announce(ctx, room, presence, true)
 	}
 	return nil
 }
 
 // joinHub reads the history and hands the reply to the Hub, again if the Hub
 // delivered messages newer than the read in the meantime.
-func (c *Conn) joinHub(ctx context.Context, cmd *protocol.Command, membersPage int) error {
-	n := c.node
+func (s *Session) joinHub(ctx context.Context, cmd *protocol.Command, membersPage int) error {
+	n := s.node
 	for attempt := 0; ; attempt++ {
 		h, err := n.broker.History(ctx, cmd.Room, broker.HistoryQuery{})
 		if err != nil {
@@ -203,10 +158,10 @@ func (c *Conn) joinHub(ctx context.Context, cmd *protocol.Command, membersPage i
 		if err != nil {
 			return brokerError("members of "+cmd.Room, err)
 		}
-		res := joinResult{Room: cmd.Room, Epoch: h.Epoch, Seq: h.Seq, Members: nonNil(page.Members), Count: page.Count}
+		res := protocol.JoinResult{Room: cmd.Room, Epoch: h.Epoch, Seq: h.Seq, Members: nonNil(page.Members), Count: page.Count}
 		res.History, res.Recovered = recoverSince(cmd.Since, h)
 		reply := encodeReply(cmd.ID, res, nil)
-		r, err := n.hub.Join(hub.JoinRequest{Client: c.client, Room: cmd.Room, Epoch: h.Epoch, Seq: h.Seq, Reply: reply})
+		r, err := n.hub.Join(hub.JoinRequest{Client: s.client, Room: cmd.Room, Epoch: h.Epoch, Seq: h.Seq, Reply: reply})
 		if err != nil {
 			return protocol.Errorf(protocol.CodeUnavailable, "server shutting down")
 		}
@@ -240,27 +195,27 @@ func recoverSince(since *protocol.Position, h broker.History) ([]protocol.Messag
 	return nonNil(latest), false
 }
 
-func (c *Conn) leave(ctx context.Context, cmd *protocol.Command) error {
-	if err := c.memberOf(cmd.Room); err != nil {
+func (s *Session) leave(ctx context.Context, cmd *protocol.Command) error {
+	if err := s.memberOf(cmd.Room); err != nil {
 		return err
 	}
-	if err := c.node.hub.Leave(c.client, cmd.Room, encodeReply(cmd.ID, roomResult{Room: cmd.Room}, nil)); err != nil {
+	if err := s.node.hub.Leave(s.client, cmd.Room, encodeReply(cmd.ID, protocol.RoomResult{Room: cmd.Room}, nil)); err != nil {
 		return protocol.Errorf(protocol.CodeUnavailable, "server shutting down")
 	}
-	c.leaveRoom(ctx, cmd.Room)
+	s.leaveRoom(ctx, cmd.Room)
 	return nil
 }
 
 // leaveRoom removes the connection's presence in a room and tells the
 // members; the Hub membership is already gone.
-func (c *Conn) leaveRoom(ctx context.Context, room string) {
-	delete(c.rooms, room)
-	n := c.node
-	presence, err := n.broker.Leave(ctx, room, c.presence)
+func (s *Session) leaveRoom(ctx context.Context, room string) {
+	delete(s.rooms, room)
+	n := s.node
+	presence, err := n.broker.Leave(ctx, room, s.presence)
 	if err != nil {
 		_ = brokerError("leave "+room, err)
 	}
-	c.announce(ctx, room, presence, false)
+	s.announce(ctx, room, presence, false)
 	if err := n.subs.release(ctx, broker.Room(room)); err != nil {
 		_ = brokerError("unsubscribe "+room, err)
 	}
@@ -275,79 +230,79 @@ func (c *Conn) leaveRoom(ctx context.Context, room string) {
 // Chat.PresenceInterval (Node.presenceLoop). The room's size is counted
 // with this user in it, so that the join that takes a room over the limit
 // and the leave that brings it back are both on the large side.
-func (c *Conn) announce(ctx context.Context, room string, p broker.RoomPresence, joined bool) {
+func (s *Session) announce(ctx context.Context, room string, p broker.RoomPresence, joined bool) {
 	size := p.Count
 	if !joined && p.Changed {
 		size++
 	}
-	if !c.node.largeRoom(size) {
+	if !s.node.largeRoom(size) {
 		kind := "left"
 		if joined {
 			kind = "joined"
 		}
-		c.emitPresence(ctx, kind, room)
+		s.emitPresence(ctx, kind, room)
 		return
 	}
 	if !p.Changed {
 		return // the user was there before and stays: nothing to tell
 	}
-	d := broker.Delivery{Kind: broker.KindPresence, Topic: broker.Room(room), User: c.client.User, Joined: joined}
-	if err := c.node.broker.Emit(ctx, d); err != nil {
+	d := broker.Delivery{Kind: broker.KindPresence, Topic: broker.Room(room), User: s.client.User, Joined: joined}
+	if err := s.node.broker.Emit(ctx, d); err != nil {
 		_ = brokerError("presence in "+room, err)
 	}
 }
 
 // emitPresence tells a room's members that this connection joined or left.
-func (c *Conn) emitPresence(ctx context.Context, kind, room string) {
-	event := protocol.MustEncode(protocol.Presence{Type: kind, Room: room, User: c.client.User, Client: c.client.ID})
-	if err := c.node.broker.Emit(ctx, broker.Delivery{Kind: broker.KindEvent, Topic: broker.Room(room), Payload: event}); err != nil {
+func (s *Session) emitPresence(ctx context.Context, kind, room string) {
+	event := protocol.MustEncode(protocol.Presence{Type: kind, Room: room, User: s.client.User, Client: s.client.ID})
+	if err := s.node.broker.Emit(ctx, broker.Delivery{Kind: broker.KindEvent, Topic: broker.Room(room), Payload: event}); err != nil {
 		_ = brokerError(kind+" "+room, err)
 	}
 }
 
-func (c *Conn) send(ctx context.Context, cmd *protocol.Command) (any, error) {
-	if err := c.memberOf(cmd.Room); err != nil {
+func (s *Session) send(ctx context.Context, cmd *protocol.Command) (any, error) {
+	if err := s.memberOf(cmd.Room); err != nil {
 		return nil, err
 	}
 	if n := utf8.RuneCountInString(cmd.Key); cmd.Key != "" && n > protocol.MaxKeyChars {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "key must be 1 to %d characters", protocol.MaxKeyChars)
 	}
-	msg, err := c.node.Publish(ctx, cmd.Room, c.client.User, cmd.Text, cmd.Key)
+	msg, err := s.node.Publish(ctx, cmd.Room, s.client.User, cmd.Text, cmd.Key)
 	if err != nil {
 		return nil, err
 	}
-	return sendResult{Room: msg.Room, Seq: msg.Seq, TS: msg.TS}, nil
+	return protocol.SendResult{Room: msg.Room, Seq: msg.Seq, TS: msg.TS}, nil
 }
 
-func (c *Conn) direct(ctx context.Context, cmd *protocol.Command) (any, error) {
+func (s *Session) direct(ctx context.Context, cmd *protocol.Command) (any, error) {
 	to, err := protocol.NormalizeName(cmd.To)
 	if err != nil {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "to: %s", protocol.AsError(err).Message)
 	}
-	d, _, err := c.node.Direct(ctx, c.client.User, to, cmd.Text, c.client.ID)
+	d, _, err := s.node.Direct(ctx, s.client.User, to, cmd.Text, s.client.ID)
 	if err != nil {
 		return nil, err
 	}
-	return directResult{To: to, TS: d.TS}, nil
+	return protocol.DirectResult{To: to, TS: d.TS}, nil
 }
 
-func (c *Conn) typing(ctx context.Context, cmd *protocol.Command) (any, error) {
-	if err := c.memberOf(cmd.Room); err != nil {
+func (s *Session) typing(ctx context.Context, cmd *protocol.Command) (any, error) {
+	if err := s.memberOf(cmd.Room); err != nil {
 		return nil, err
 	}
-	event := protocol.MustEncode(protocol.Typing{Type: "typing", Room: cmd.Room, User: c.client.User})
-	err := c.node.broker.Emit(ctx, broker.Delivery{Kind: broker.KindEvent, Topic: broker.Room(cmd.Room), Payload: event, Exclude: c.client.ID})
+	event := protocol.MustEncode(protocol.Typing{Type: "typing", Room: cmd.Room, User: s.client.User})
+	err := s.node.broker.Emit(ctx, broker.Delivery{Kind: broker.KindEvent, Topic: broker.Room(cmd.Room), Payload: event, Exclude: s.client.ID})
 	return struct{}{}, brokerError("typing in "+cmd.Room, err)
 }
 
-func (c *Conn) roomList(ctx context.Context) (any, error) {
-	rooms, err := c.node.Rooms(ctx)
+func (s *Session) roomList(ctx context.Context) (any, error) {
+	rooms, err := s.node.Rooms(ctx)
 	if err != nil {
 		return nil, err
 	}
-	res := roomsResult{Rooms: make([]roomCount, len(rooms))}
+	res := protocol.RoomsResult{Rooms: make([]protocol.RoomCount, len(rooms))}
 	for i, r := range rooms {
-		res.Rooms[i] = roomCount{Room: r.Room, Members: r.Members}
+		res.Rooms[i] = protocol.RoomCount{Room: r.Room, Members: r.Members}
 	}
 	return res, nil
 }

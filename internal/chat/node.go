@@ -1,6 +1,8 @@
-// Package chat is one node of the chat service: it admits WebSocket
-// connections, runs their read pumps and writers, carries out their commands
-// and the REST API's, and wires the Hub to the broker.
+// Package chat is one node of the chat service, whatever transport its
+// clients use: it admits sessions and runs their commands (Session), carries
+// out the REST API's operations, and wires the Hub to the broker. The
+// transports (internal/transport/ws, internal/transport/sse) carry sessions
+// to and from their clients.
 package chat
 
 import (
@@ -9,7 +11,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,11 +45,10 @@ type Node struct {
 	shutdown sync.Once
 
 	mu        sync.Mutex
-	conns     map[*Conn]struct{} // live connections, for the shutdown deadline
-	userConns map[string]int     // admitted connections per user, for Chat.MaxUserConnections
-	wg        sync.WaitGroup     // one per live connection
-
-	flushers []*flusher // write the connections (writer.go); one per CPU
+	sessions  map[string]*Session // open sessions by id: commands posted over HTTP, the shutdown deadline
+	userConns map[string]int      // admitted connections per user, for Chat.MaxUserConnections
+	wg        sync.WaitGroup      // one per open session
+	stopped   []func()            // OnStop's
 
 	presenceStop, presenceDone chan struct{} // presenceLoop's
 }
@@ -59,26 +59,26 @@ type NewBroker func(node string, h broker.Handler) (broker.Broker, error)
 
 // NewNode makes and starts a node.
 func NewNode(cfg config.ChatConf, newBroker NewBroker) (*Node, error) {
-	h := hub.New(4096)
-	id := NewNodeID()
-	b, err := newBroker(id, h.Deliver)
+	n := &Node{
+		ID:        NewNodeID(),
+		cfg:       cfg,
+		hub:       hub.New(4096),
+		started:   time.Now(),
+		sessions:  make(map[string]*Session),
+		userConns: make(map[string]int),
+	}
+	b, err := newBroker(n.ID, n.deliver)
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{
-		ID:      id,
-		cfg:     cfg,
-		hub:     h,
-		broker:  b,
-		subs:    newSubscriptions(b),
-		started: time.Now(),
-		conns:   make(map[*Conn]struct{}),
-
-		userConns: make(map[string]int),
+	n.broker, n.subs = b, newSubscriptions(b)
+	ctx, cancel := brokerContext(context.Background())
+	defer cancel()
+	if err := b.Subscribe(ctx, broker.NodeTopic(n.ID)); err != nil {
+		_ = b.Close()
+		return nil, fmt.Errorf("subscribe to the node's topic: %w", err)
 	}
-	for range runtime.GOMAXPROCS(0) {
-		n.flushers = append(n.flushers, newFlusher(cfg.CoalesceWindow))
-	}
+	h := n.hub
 	n.presenceStop, n.presenceDone = make(chan struct{}), make(chan struct{})
 	go h.Run()
 	go n.presenceLoop()
@@ -367,7 +367,18 @@ func (n *Node) Ready(ctx context.Context) error {
 	return nil
 }
 
-// StopAccepting makes /readyz and new /ws answer 503.
+// OnStop registers f to run at shutdown once every session has finished:
+// a transport's shared writers stop there.
+func (n *Node) OnStop(f func()) {
+	n.mu.Lock()
+	n.stopped = append(n.stopped, f)
+	n.mu.Unlock()
+}
+
+// Config is the node's configuration, for its transports.
+func (n *Node) Config() config.ChatConf { return n.cfg }
+
+// StopAccepting makes /readyz and new sessions answer 503.
 func (n *Node) StopAccepting() { n.draining.Store(true) }
 
 // Shutdown stops taking connections, closes every connection with 1001
@@ -387,15 +398,14 @@ func (n *Node) drain() {
 	case <-done:
 	case <-time.After(n.cfg.DrainTimeout):
 		n.mu.Lock()
-		for c := range n.conns {
-			c.reset() // what a stalled reader was not sent goes with the socket
-			_ = c.ws.Close()
+		for _, s := range n.sessions {
+			s.transport.Abort() // what a stalled reader was not sent goes with the socket
 		}
 		n.mu.Unlock()
 		<-done
 	}
-	for _, f := range n.flushers {
-		f.stop() // no connection is left to write
+	for _, stop := range n.stopped {
+		stop() // no session is left to carry
 	}
 	close(n.presenceStop)
 	<-n.presenceDone

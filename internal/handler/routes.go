@@ -9,6 +9,7 @@ import (
 
 	admin "chat/internal/handler/admin"
 	public "chat/internal/handler/public"
+	session "chat/internal/handler/session"
 	"chat/internal/svc"
 
 	"github.com/zeromicro/go-zero/rest"
@@ -28,6 +29,22 @@ func RegisterHandlers(server *rest.Server, serverCtx *svc.ServiceContext) {
 			}...,
 		),
 		rest.WithTimeout(0*time.Nanosecond),
+	)
+
+	server.AddRoutes(
+		rest.WithMiddlewares(
+			[]rest.Middleware{serverCtx.WsAuth},
+			[]rest.Route{
+				{
+					// open a chat session as a server-sent event stream
+					Method:  http.MethodGet,
+					Path:    "/sse",
+					Handler: SseHandler(serverCtx),
+				},
+			}...,
+		),
+		rest.WithTimeout(0*time.Nanosecond),
+		rest.WithSSE(),
 	)
 
 	server.AddRoutes(
@@ -100,6 +117,18 @@ func RegisterHandlers(server *rest.Server, serverCtx *svc.ServiceContext) {
 				Method:  http.MethodGet,
 				Path:    "/users/:user",
 				Handler: public.GetUserHandler(serverCtx),
+			},
+		},
+		rest.WithPrefix("/api"),
+	)
+
+	server.AddRoutes(
+		[]rest.Route{
+			{
+				// post commands to a session
+				Method:  http.MethodPost,
+				Path:    "/sessions/:session/commands",
+				Handler: session.PostCommandsHandler(serverCtx),
 			},
 		},
 		rest.WithPrefix("/api"),

@@ -27,8 +27,8 @@ func NewWsLogic(ctx context.Context, svcCtx *svc.ServiceContext) *WsLogic {
 	}
 }
 
-// Ws hands the request to the node, which admits and upgrades it and runs
+// Ws hands the request to the WebSocket transport, which admits and upgrades it and runs
 // the connection in its own goroutines.
 func (l *WsLogic) Ws(w http.ResponseWriter, r *http.Request) {
-	l.svcCtx.Node.ServeWS(w, r)
+	l.svcCtx.WS.ServeWS(w, r)
 }

@@ -7,7 +7,7 @@ import (
 	"crypto/subtle"
 	"net/http"
 
-	"chat/internal/chat"
+	"chat/internal/admission"
 	"chat/internal/protocol"
 )
 
@@ -25,12 +25,12 @@ func NewAdminKeyMiddleware(key string) *AdminKeyMiddleware {
 func (m *AdminKeyMiddleware) Handle(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if len(m.key) == 0 {
-			chat.WriteError(w, r, http.StatusForbidden, protocol.CodeAPIDisabled, "the admin API is disabled: set Chat.ApiKey")
+			admission.WriteError(w, r, http.StatusForbidden, protocol.CodeAPIDisabled, "the admin API is disabled: set Chat.ApiKey")
 			return
 		}
 		given := []byte(r.Header.Get("X-API-Key"))
 		if subtle.ConstantTimeCompare(given, m.key) != 1 {
-			chat.WriteError(w, r, http.StatusForbidden, protocol.CodeForbidden, "X-API-Key is missing or wrong")
+			admission.WriteError(w, r, http.StatusForbidden, protocol.CodeForbidden, "X-API-Key is missing or wrong")
 			return
 		}
 		next(w, r)

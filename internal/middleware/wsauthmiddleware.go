@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"strings"
 
-	"chat/internal/chat"
+	"chat/internal/admission"
 	"chat/internal/protocol"
 
 	"github.com/golang-jwt/jwt/v4"
@@ -33,10 +33,10 @@ func (m *WsAuthMiddleware) Handle(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		user, err := m.user(r)
 		if err != nil {
-			chat.WriteError(w, r, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
+			admission.WriteError(w, r, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 			return
 		}
-		next(w, r.WithContext(chat.WithUser(r.Context(), user)))
+		next(w, r.WithContext(admission.WithUser(r.Context(), user)))
 	}
 }
 

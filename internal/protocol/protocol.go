@@ -33,6 +33,11 @@ const (
 const (
 	CodeAPIDisabled = "api_disabled"
 	CodeForbidden   = "forbidden"
+	// CodeSessionClosed: commands were posted to a session that has ended (SPEC §12).
+	CodeSessionClosed = "session_closed"
+	// CodeTooLarge: a body of commands over Chat.MaxFrameBytes, the HTTP
+	// transport's counterpart of the WebSocket close 1009 (answered 413).
+	CodeTooLarge = "too_large"
 )
 
 // WebSocket close codes beyond RFC 6455's (SPEC §4).
@@ -154,6 +159,18 @@ type Welcome struct {
 	User   string `json:"user"`
 	Node   string `json:"node"`
 	Limits Limits `json:"limits"`
+	// An SSE session's address and secret for its commands (SPEC §12);
+	// absent on a WebSocket, whose commands come on the socket.
+	Session    string `json:"session,omitempty"`
+	SessionKey string `json:"sessionKey,omitempty"`
+}
+
+// Close is an SSE stream's last event: how the session ended, with the
+// code a WebSocket would have closed with (4008, 4003, 1001, ...).
+type Close struct {
+	Type   string `json:"type"`
+	Code   int    `json:"code"`
+	Reason string `json:"reason"`
 }
 
 // Direct is a user-to-user message.

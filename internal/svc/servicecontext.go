@@ -10,6 +10,8 @@ import (
 	"chat/internal/chat"
 	"chat/internal/config"
 	"chat/internal/middleware"
+	"chat/internal/transport/sse"
+	"chat/internal/transport/ws"
 
 	"github.com/zeromicro/go-zero/rest"
 )
@@ -18,6 +20,8 @@ import (
 type ServiceContext struct {
 	Config   config.Config
 	Node     *chat.Node
+	WS       *ws.Transport  // /ws
+	SSE      *sse.Transport // /sse
 	WsAuth   rest.Middleware
 	AdminKey rest.Middleware
 }
@@ -31,6 +35,8 @@ func NewServiceContext(c config.Config) (*ServiceContext, error) {
 	return &ServiceContext{
 		Config:   c,
 		Node:     node,
+		WS:       ws.New(node),
+		SSE:      sse.New(node),
 		WsAuth:   middleware.NewWsAuthMiddleware(c.Auth.AccessSecret).Handle,
 		AdminKey: middleware.NewAdminKeyMiddleware(c.Chat.ApiKey).Handle,
 	}, nil

@@ -101,6 +101,24 @@ type RoomsResp struct {
 	Rooms []RoomInfo `json:"rooms"`
 }
 
+type SessionCommandsReq struct {
+	Session string `path:"session"`
+	Key     string `header:"X-Session-Key,optional"`
+}
+
+type SessionCommandsResp struct {
+	Accepted int `json:"accepted"`
+}
+
+type SseEvent struct {
+	Type string `json:"type"`
+}
+
+type SseReq struct {
+	Name  string `form:"name,optional"`
+	Token string `form:"token,optional"`
+}
+
 type StatsResp struct {
 	Node          string `json:"node"`
 	Connections   int64  `json:"connections"`

@@ -502,6 +502,14 @@ func (n *node) UserConnections(ctx context.Context, user string) (int, error) {
 	return b.userConns[user], ctx.Err()
 }
 
+func (n *node) Session(ctx context.Context, client string) (broker.Conn, bool, error) {
+	b := n.backend
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c, ok := b.conns[client]
+	return c, ok, ctx.Err()
+}
+
 func (n *node) Ping(ctx context.Context) error { return ctx.Err() }
 
 // Close stops deliveries and removes the node's presence, as a replica's

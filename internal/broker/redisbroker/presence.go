@@ -2,9 +2,11 @@ package redisbroker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"chat/internal/broker"
@@ -50,6 +52,22 @@ func (b *Broker) addConn(ctx context.Context, pipe redis.Pipeliner, c broker.Con
 	pipe.ZRemRangeByScore(ctx, key, "-inf", "("+strconv.FormatInt(nowMillis(), 10))
 	pipe.ZAdd(ctx, key, redis.Z{Score: float64(b.expiry()), Member: c.Client})
 	pipe.PExpire(ctx, key, 2*b.opts.PresenceTTL)
+	if c.KeyHash != "" {
+		pipe.Set(ctx, b.sessionKey(c.Client), c.Node+" "+c.KeyHash, b.opts.PresenceTTL)
+	}
+}
+
+// Session reads a session's record, which lives as long as its presence.
+func (b *Broker) Session(ctx context.Context, client string) (broker.Conn, bool, error) {
+	v, err := b.rdb.Get(ctx, b.sessionKey(client)).Result()
+	if errors.Is(err, redis.Nil) {
+		return broker.Conn{}, false, nil
+	}
+	if err != nil {
+		return broker.Conn{}, false, unavailable("session "+client, err)
+	}
+	node, hash, _ := strings.Cut(v, " ")
+	return broker.Conn{Client: client, Node: node, KeyHash: hash}, true, nil
 }
 
 // Disconnect removes the connection and its presence in every room, each
@@ -70,6 +88,9 @@ func (b *Broker) Disconnect(ctx context.Context, c broker.Conn) error {
 	b.mu.Unlock()
 	pipe := b.rdb.Pipeline()
 	pipe.ZRem(ctx, b.userPresenceKey(c.User), c.Client)
+	if c.KeyHash != "" {
+		pipe.Del(ctx, b.sessionKey(c.Client))
+	}
 	calls := make([]scriptCall, len(rooms))
 	for i, room := range rooms {
 		calls[i] = b.leaveCall(room, []broker.Conn{c})

@@ -134,6 +134,9 @@ func (b *Broker) userPresenceKey(user string) string {
 }
 func (b *Broker) roomsKey() string { return b.prefix + "presence:rooms" }
 
+// sessionKey holds a session's node and key hash (Session).
+func (b *Broker) sessionKey(client string) string { return b.prefix + "session:" + client }
+
 // channel names a topic's pub/sub channel. Channels are only ever
 // SUBSCRIBEd, never PSUBSCRIBEd, so no room name acts as a pattern.
 func (b *Broker) channel(t broker.Topic) string {
@@ -142,6 +145,8 @@ func (b *Broker) channel(t broker.Topic) string {
 		return b.prefix + "ch:room:" + t.Name
 	case broker.TopicUser:
 		return b.prefix + "ch:user:" + t.Name
+	case broker.TopicNode:
+		return b.prefix + "ch:node:" + t.Name
 	default:
 		return b.prefix + "ch:all"
 	}
@@ -307,7 +312,8 @@ func (b *Broker) Unsubscribe(ctx context.Context, t broker.Topic) error {
 }
 
 // Emit publishes a best-effort event: "E" + exclude + "\n" + payload, "K"
-// for a kick, or "P+" / "P-" + user for a user who joined or left a room.
+// for a kick, "P+" / "P-" + user for a user who joined or left a room, or
+// "C" + session + "\n" + frame for a session's commands.
 func (b *Broker) Emit(ctx context.Context, d broker.Delivery) error {
 	var env string
 	switch d.Kind {
@@ -318,6 +324,8 @@ func (b *Broker) Emit(ctx context.Context, d broker.Delivery) error {
 		if d.Joined {
 			env = "P+" + d.User
 		}
+	case broker.KindCommand:
+		env = "C" + d.Client + "\n" + string(d.Payload)
 	default:
 		env = "E" + d.Exclude + "\n" + string(d.Payload)
 	}
@@ -386,6 +394,13 @@ func (b *Broker) dispatch(m *redis.Message) {
 			return
 		}
 		b.handler(broker.Delivery{Kind: broker.KindEvent, Topic: t, Payload: []byte(rest[i+1:]), Exclude: rest[:i]})
+	case 'C':
+		rest := m.Payload[1:]
+		i := strings.IndexByte(rest, '\n')
+		if i < 0 {
+			return
+		}
+		b.handler(broker.Delivery{Kind: broker.KindCommand, Topic: t, Client: rest[:i], Payload: []byte(rest[i+1:])})
 	case 'K':
 		b.handler(broker.Delivery{Kind: broker.KindKick, Topic: t})
 	case 'P':

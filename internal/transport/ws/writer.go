@@ -1,4 +1,4 @@
-package chat
+package ws
 
 import (
 	"bytes"
@@ -6,12 +6,11 @@ import (
 	"net"
 	"runtime/pprof"
 	"sync"
-	"syscall"
 	"time"
 
 	"chat/internal/hub"
+	"chat/internal/transport/wsraw"
 
-	"github.com/gorilla/websocket"
 	"github.com/zeromicro/go-zero/core/logx"
 )
 
@@ -40,8 +39,6 @@ import (
 // connection is ending.)
 
 const (
-	// maxFrameOut caps a batched outgoing frame; more events start another.
-	maxFrameOut = 64 << 10
 	// maxKeptBuffer is the largest assembly buffer a flusher keeps between
 	// passes; a larger one (a recovery reply) is dropped after use.
 	maxKeptBuffer = 1 << 20
@@ -73,7 +70,7 @@ type flusher struct {
 	again    []*Conn // written connections that had more queued meanwhile
 	due      []*Conn // writeDue's, kept between passes
 	buf      []byte  // frames are assembled here
-	raw      *rawWrite
+	raw      *wsraw.RawWriter
 	spareIn  []*Conn
 	spareHnt []*Conn
 }
@@ -87,7 +84,7 @@ func newFlusher(window time.Duration) *flusher {
 		done:     make(chan struct{}),
 		earliest: math.MaxInt64,
 		timer:    time.NewTimer(time.Hour),
-		raw:      newRawWrite(),
+		raw:      wsraw.NewRawWriter(),
 	}
 	f.timer.Stop()
 	go f.run()
@@ -237,7 +234,7 @@ func (f *flusher) write(c *Conn, now int64) {
 	f.buf, closing = c.take(f.buf[:0])
 	if len(f.buf) > 0 {
 		c.lastWrite = now
-		n, err := c.writeNow(f.raw, f.buf)
+		n, err := f.raw.WriteNow(c.sock, f.buf)
 		if err != nil {
 			c.abort() // the peer is gone
 			return
@@ -264,7 +261,7 @@ func (f *flusher) write(c *Conn, now int64) {
 func (c *Conn) take(dst []byte) ([]byte, *hub.CloseRequest) {
 	c.hurried.Store(false)
 	b := c.client.Take()
-	dst = appendFrames(append(dst, c.handshake...), b)
+	dst = wsraw.AppendFrames(append(dst, c.handshake...), b.Controls, b.Events)
 	c.handshake = nil
 	clear(b.Events) // an idle connection must not keep its last events alive
 	return dst, b.Close
@@ -294,69 +291,13 @@ func (c *Conn) Hurry() {
 	}
 }
 
-// rawWrite is a non-blocking write's state, made once per writer so that
-// a write allocates nothing (a closure passed to RawConn.Write would).
-type rawWrite struct {
-	b   []byte
-	n   int
-	err error
-	do  func(fd uintptr) bool // rawWrite.write, bound once
-}
-
-func newRawWrite() *rawWrite {
-	w := &rawWrite{}
-	w.do = w.write
-	return w
-}
-
-// write is RawConn.Write's callback: it writes until done or the socket is
-// full, and never waits for the socket (it always reports done).
-func (w *rawWrite) write(fd uintptr) bool {
-	for w.n < len(w.b) {
-		m, e := syscall.Write(int(fd), w.b[w.n:])
-		if m > 0 {
-			w.n += m
-		}
-		switch e {
-		case nil:
-			if m <= 0 {
-				return true
-			}
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return true // full: the rest waits in writeOn
-		default:
-			w.err = e
-			return true
-		}
-	}
-	return true
-}
-
-// writeNow writes b to the socket as far as it goes without blocking, and
-// reports how much it wrote. A connection without a raw socket (TLS)
-// writes nothing here: it always goes on in writeOn.
-func (c *Conn) writeNow(w *rawWrite, b []byte) (int, error) {
-	if c.raw == nil {
-		return 0, nil
-	}
-	w.b, w.n, w.err = b, 0, nil
-	err := c.raw.Write(w.do)
-	n := w.n
-	if err == nil {
-		err = w.err
-	}
-	w.b = nil
-	return n, err
-}
-
 // writeOn writes c's socket from a goroutine of its own, with a deadline:
 // first pending, then whatever is queued, until the queue is empty (c goes
 // back to the flushers) or c closes. It holds the writer's claim.
 func (c *Conn) writeOn(pending []byte) {
 	pprof.SetGoroutineLabels(labelsWriting)
 	defer c.recoverWriter()
-	conn := c.held.Conn
+	conn := c.sock.Conn
 	for {
 		if len(pending) > 0 {
 			_ = conn.SetWriteDeadline(time.Now().Add(writeWait))
@@ -393,13 +334,9 @@ func (c *Conn) writeClose(conn net.Conn, req *hub.CloseRequest) {
 	if req.Code == 0 {
 		return
 	}
-	payload := websocket.FormatCloseMessage(req.Code, req.Text)
-	if len(payload) > maxControlPayload {
-		payload = payload[:maxControlPayload]
-	}
 	deadline := time.Now().Add(writeWait)
 	_ = conn.SetWriteDeadline(deadline)
-	if _, err := conn.Write(appendFrame(nil, opClose, payload)); err != nil {
+	if _, err := conn.Write(wsraw.CloseFrame(req.Code, req.Text)); err != nil {
 		c.abort()
 		return
 	}
@@ -418,7 +355,7 @@ func (c *Conn) writeClose(conn net.Conn, req *hub.CloseRequest) {
 // cannot tell (TLS, not Linux) it reports true: the socket is closed as usual.
 func (c *Conn) delivered(deadline time.Time) bool {
 	for {
-		n, ok := unacked(c.raw)
+		n, ok := c.sock.Unacked()
 		if !ok || n == 0 {
 			return true
 		}
@@ -440,63 +377,4 @@ func (c *Conn) abort() {
 
 // reset makes the next close of the socket a reset: nothing written and
 // unsent outlives it.
-func (c *Conn) reset() {
-	if c.tcp != nil {
-		_ = c.tcp.SetLinger(0)
-	}
-}
-
-// WebSocket framing, server to client (RFC 6455 §5.2: no mask).
-const (
-	opText  = 0x1
-	opClose = 0x8
-	opPing  = 0x9
-	opPong  = 0xA
-
-	maxControlPayload = 125
-)
-
-// pingFrame is the heartbeat, with no payload.
-var pingFrame = appendFrame(nil, opPing, nil)
-
-func appendHeader(dst []byte, op byte, n int) []byte {
-	dst = append(dst, 0x80|op) // FIN: never fragmented
-	switch {
-	case n < 126:
-		return append(dst, byte(n))
-	case n <= math.MaxUint16:
-		return append(dst, 126, byte(n>>8), byte(n))
-	default:
-		return append(dst, 127, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-}
-
-func appendFrame(dst []byte, op byte, payload []byte) []byte {
-	return append(appendHeader(dst, op, len(payload)), payload...)
-}
-
-// appendFrames appends b's control frames, then its events as text frames
-// of newline-separated JSON, each at most maxFrameOut bytes unless a
-// single event is larger.
-func appendFrames(dst []byte, b hub.Batch) []byte {
-	for _, frame := range b.Controls {
-		dst = append(dst, frame...)
-	}
-	events := b.Events
-	for len(events) > 0 {
-		n, size := 1, len(events[0])
-		for n < len(events) && size+1+len(events[n]) <= maxFrameOut {
-			size += 1 + len(events[n])
-			n++
-		}
-		dst = appendHeader(dst, opText, size)
-		for i, event := range events[:n] {
-			if i > 0 {
-				dst = append(dst, '\n')
-			}
-			dst = append(dst, event...)
-		}
-		events = events[n:]
-	}
-	return dst
-}
+func (c *Conn) reset() { c.sock.Reset() }

@@ -1,11 +1,9 @@
-package chat
+package wsraw
 
 import (
 	"io"
 	"strings"
 	"testing"
-
-	"chat/internal/hub"
 )
 
 // BenchmarkWriteBatch writes a batch of 20 message events (about 150 bytes
@@ -31,12 +29,12 @@ func BenchmarkWriteBatch(b *testing.B) {
 	b.SetBytes(int64(len(batch) * (len(event) + 1)))
 	b.ReportAllocs()
 	var buf []byte
-	w := newRawWrite()
+	w := NewRawWriter()
 	for b.Loop() { // as a flusher writes: frames assembled, one non-blocking write, the rest blocking
-		buf = appendFrames(buf[:0], hub.Batch{Events: batch})
-		n, err := c.writeNow(w, buf)
+		buf = AppendFrames(buf[:0], nil, batch)
+		n, err := w.WriteNow(c, buf)
 		if err == nil && n < len(buf) {
-			_, err = c.ws.NetConn().Write(buf[n:])
+			_, err = c.Conn.Write(buf[n:])
 		}
 		if err != nil {
 			b.Fatal(err)

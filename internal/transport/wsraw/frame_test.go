@@ -1,4 +1,4 @@
-package chat
+package wsraw
 
 import (
 	"bytes"
@@ -8,23 +8,24 @@ import (
 	"testing"
 	"time"
 
-	"chat/internal/hub"
-
 	"github.com/gorilla/websocket"
 )
 
-// pair is a server-side Conn with a raw socket and a gorilla client on the
-// other end of a real loopback connection.
-func pair(t testing.TB) (*Conn, *websocket.Conn) {
+// pair is an upgraded server-side Socket and a gorilla client on the other
+// end of a real loopback connection.
+func pair(t testing.TB) (*Socket, *websocket.Conn) {
 	t.Helper()
-	serverConn := make(chan *websocket.Conn, 1)
+	sockets := make(chan *Socket, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := upgrader.Upgrade(w, r, nil)
+		sock, err := Upgrade(&websocket.Upgrader{}, w, r)
 		if err != nil {
 			t.Error(err)
 			return
 		}
-		serverConn <- ws
+		if _, err := sock.Conn.Write(sock.Handshake); err != nil { // held back by Upgrade
+			t.Error(err)
+		}
+		sockets <- sock
 	}))
 	t.Cleanup(srv.Close)
 	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
@@ -32,18 +33,17 @@ func pair(t testing.TB) (*Conn, *websocket.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = client.Close() })
-	ws := <-serverConn
-	t.Cleanup(func() { _ = ws.Close() })
-	c := &Conn{ws: ws, held: &heldConn{Conn: ws.NetConn()}, raw: rawConn(ws.NetConn())}
-	if c.raw == nil {
+	sock := <-sockets
+	t.Cleanup(func() { _ = sock.WS.Close() })
+	if sock.Raw == nil || sock.TCP == nil {
 		t.Fatal("no raw socket under a plain TCP connection")
 	}
-	return c, client
+	return sock, client
 }
 
 // Frames as a flusher assembles them are what a WebSocket client reads:
 // every length encoding (7-bit, 16-bit, 64-bit), events batched up to
-// maxFrameOut and split beyond it, a larger event alone, controls first.
+// MaxFrameOut and split beyond it, a larger event alone, controls first.
 func TestAppendFramesIsReadAsWebSocketFrames(t *testing.T) {
 	c, client := pair(t)
 	event := func(n int, fill byte) []byte { return bytes.Repeat([]byte{fill}, n) }
@@ -67,14 +67,14 @@ func TestAppendFramesIsReadAsWebSocketFrames(t *testing.T) {
 	pings := make(chan string, 1)
 	client.SetPingHandler(func(data string) error { pings <- data; return nil })
 	var out []byte
-	out = appendFrames(out, hub.Batch{Controls: [][]byte{pingFrame}})
+	out = AppendFrames(out, [][]byte{PingFrame}, nil)
 	for _, b := range batches {
-		out = appendFrames(out, hub.Batch{Events: b.events})
+		out = AppendFrames(out, nil, b.events)
 	}
 	go func() {
-		n, err := c.writeNow(newRawWrite(), out)
+		n, err := NewRawWriter().WriteNow(c, out)
 		if err == nil && n < len(out) {
-			_, err = c.ws.NetConn().Write(out[n:])
+			_, err = c.Conn.Write(out[n:])
 		}
 		if err != nil {
 			t.Error(err)
