@@ -154,12 +154,14 @@ func (r Reply) Decode(t testing.TB, v any) {
 	}
 }
 
-// Client is a WebSocket client that reads in the background.
+// Client is a client of the chat that reads in the background: a
+// WebSocket (Dial), or an SSE stream with its commands posted (DialSSE).
 type Client struct {
 	t       testing.TB
-	WS      *websocket.Conn
+	WS      *websocket.Conn // nil for SSE
+	SSE     *SSEStream      // nil for a WebSocket
 	Welcome Event
-	Frames  chan []byte // raw frames, for tests of batching
+	Frames  chan []byte // raw frames (SSE: each event's data), for tests of batching
 
 	events chan Event
 	mu     sync.Mutex
@@ -352,9 +354,14 @@ func (c *Client) Quiet(typ string, d time.Duration) {
 	}
 }
 
-// Write sends a raw text frame.
+// Write sends a raw text frame (SSE: posts it, and fails the test unless
+// it is accepted).
 func (c *Client) Write(frame string) {
 	c.t.Helper()
+	if c.SSE != nil {
+		c.SSE.mustPost(c.t, frame)
+		return
+	}
 	if err := c.WS.WriteMessage(websocket.TextMessage, []byte(frame)); err != nil {
 		c.t.Fatalf("write: %v", err)
 	}
@@ -433,14 +440,7 @@ func (c *Client) Fail(typ string, fields map[string]any, code string) *protocol.
 }
 
 // JoinResult is the result of join.
-type JoinResult struct {
-	Room      string             `json:"room"`
-	Epoch     string             `json:"epoch"`
-	Seq       int64              `json:"seq"`
-	Members   []protocol.Member  `json:"members"`
-	History   []protocol.Message `json:"history"`
-	Recovered bool               `json:"recovered"`
-}
+type JoinResult = protocol.JoinResult
 
 // Join joins room and returns the result.
 func (c *Client) Join(room string) JoinResult {

@@ -152,8 +152,10 @@ func statusOf(code string) int {
 		return http.StatusUnauthorized
 	case protocol.CodeAPIDisabled, protocol.CodeForbidden:
 		return http.StatusForbidden
-	case protocol.CodeUserOffline:
+	case protocol.CodeUserOffline, protocol.CodeSessionClosed:
 		return http.StatusNotFound
+	case protocol.CodeTooLarge:
+		return http.StatusRequestEntityTooLarge
 	case protocol.CodeUnavailable:
 		return http.StatusServiceUnavailable
 	case protocol.CodeInternal:

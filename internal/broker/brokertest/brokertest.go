@@ -116,6 +116,9 @@ func Run(t *testing.T, newCluster func(t *testing.T, opts broker.Options) Cluste
 		{"PresenceEventReachesRoomSubscribersIntact", s.presenceEventReachesRoomSubscribersIntact},
 		{"PublishWithCancelledContextFails", s.publishWithCancelledContextFails},
 		{"PingAnswers", s.pingAnswers},
+		{"SessionIsFoundOnEveryNodeWhileConnected", s.sessionIsFoundOnEveryNodeWhileConnected},
+		{"DeadNodesSessionsExpire", s.deadNodesSessionsExpire},
+		{"CommandReachesOnlyItsNodeIntact", s.commandReachesOnlyItsNodeIntact},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, tc.run)
@@ -1376,5 +1379,82 @@ func (s *suite) pingAnswers(t *testing.T) {
 	e := s.env(t, Options)
 	if err := e.node().Ping(ctxFor(t)); err != nil {
 		t.Fatalf("ping: %v", err)
+	}
+}
+
+func session(t *testing.T, n broker.Broker, client string) (broker.Conn, bool) {
+	t.Helper()
+	c, ok, err := n.Session(ctxFor(t), client)
+	if err != nil {
+		t.Fatalf("session %s: %v", client, err)
+	}
+	return c, ok
+}
+
+// A session's record (its node and key hash) is found by any node from
+// Connect to Disconnect, and outlives PresenceTTL while its node lives.
+func (s *suite) sessionIsFoundOnEveryNodeWhileConnected(t *testing.T) {
+	e := s.env(t, Options)
+	a, b := e.node(), e.node()
+	c := broker.Conn{Client: "s1", User: "ann", Node: "node-a", KeyHash: "hash-1"}
+	if err := a.Connect(ctxFor(t), c); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range []*node{a, b} {
+		got, ok := session(t, n, "s1")
+		if !ok || got.Node != "node-a" || got.KeyHash != "hash-1" {
+			t.Fatalf("node %d: session = %+v, %v; want node-a with hash-1", i, got, ok)
+		}
+	}
+	if _, ok := session(t, b, "s2"); ok {
+		t.Fatal("an unknown session was found")
+	}
+	e.cluster.Advance(t, 2*e.opts.PresenceTTL+500*time.Millisecond)
+	if _, ok := session(t, b, "s1"); !ok {
+		t.Fatal("a live node's session expired")
+	}
+	if err := a.Disconnect(ctxFor(t), c); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := session(t, b, "s1"); ok {
+		t.Fatalf("after Disconnect the session is still found: %+v", got)
+	}
+}
+
+// A node that dies takes its sessions with it within PresenceTTL.
+func (s *suite) deadNodesSessionsExpire(t *testing.T) {
+	e := s.env(t, Options)
+	dying, live := e.node(), e.node()
+	if err := dying.Connect(ctxFor(t), broker.Conn{Client: "s1", User: "ann", Node: "node-dying", KeyHash: "h"}); err != nil {
+		t.Fatal(err)
+	}
+	e.die(dying)
+	e.eventually(e.opts.PresenceTTL+presenceSlack, "the dead node's session expiring", func() bool {
+		_, ok := session(t, live, "s1")
+		return !ok
+	})
+}
+
+// Commands for a session go to its node's topic, and only there, with the
+// session and the frame unchanged (newlines included).
+func (s *suite) commandReachesOnlyItsNodeIntact(t *testing.T) {
+	e := s.env(t, Options)
+	nodes := e.nodes(3)
+	for i, n := range nodes {
+		subscribe(t, n, broker.NodeTopic(fmt.Sprint("node-", i)))
+	}
+	subscribe(t, nodes[2], broker.User("node-1")) // same name, other kind
+	sent := broker.Delivery{Kind: broker.KindCommand, Topic: broker.NodeTopic("node-1"), Client: "node-1-7",
+		Payload: []byte("{\"type\":\"rooms\",\"id\":1}\n{\"type\":\"send\",\"text\":\"a\\nb\"}")}
+	emit(t, nodes[0], sent)
+	nodes[1].waitTopic(t, sent.Topic, 1)
+	for i, n := range nodes {
+		got := e.settle(n, nodes[0])
+		switch {
+		case i == 1 && (len(got) != 1 || !reflect.DeepEqual(got[0], sent)):
+			t.Fatalf("node 1 received%s, want exactly %+v", describe(got), sent)
+		case i != 1 && len(got) != 0:
+			t.Fatalf("node %d received%s, want nothing", i, describe(got))
+		}
 	}
 }
