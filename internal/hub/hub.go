@@ -42,7 +42,7 @@ type Hub struct {
 	// accept it as fresh and the member would miss those messages. Two
 	// generations bound the memory: an entry outlives at least
 	// idleGeneration newer ones, far longer than a join takes.
-	idle, idleOld map[string]position
+	idle, idleOld map[string]protocol.Position
 
 	connections atomic.Int64
 	roomCount   atomic.Int64
@@ -106,13 +106,13 @@ func (r *room) since(seq int64) ([]recentMessage, bool) {
 // messages are delivered to it.
 type member struct {
 	client *Client
-	position
+	protocol.Position // where the member is in the room's sequence
 }
 
 // set adds c at p, or moves it to p if it is a member.
-func (r *room) set(c *Client, p position) {
+func (r *room) set(c *Client, p protocol.Position) {
 	if i, ok := r.index[c]; ok {
-		r.members[i].position = p
+		r.members[i].Position = p
 		return
 	}
 	r.index[c] = len(r.members)
@@ -131,14 +131,6 @@ func (r *room) remove(c *Client) {
 	r.members[last] = member{}
 	r.members = r.members[:last]
 	delete(r.index, c)
-}
-
-// position is a point in a room's sequence. A member's epoch can differ from
-// the room's when its join read history across a restart of the sequence;
-// it is resynced at the first message of another epoch.
-type position struct {
-	epoch string
-	seq   int64
 }
 
 // idleGeneration is how many memberless rooms one generation of Hub.idle
@@ -161,7 +153,7 @@ func New(deliveryBuffer int) *Hub {
 		clients:    make(map[*Client]struct{}),
 		users:      make(map[string][]*Client),
 		rooms:      make(map[string]*room),
-		idle:       make(map[string]position),
+		idle:       make(map[string]protocol.Position),
 	}
 }
 
@@ -418,22 +410,22 @@ func (h *Hub) removeMember(name string, r *room, c *Client) {
 	if len(r.members) == 0 {
 		delete(h.rooms, name)
 		h.roomCount.Store(int64(len(h.rooms)))
-		h.noteIdle(name, position{r.epoch, r.lastSeq})
+		h.noteIdle(name, protocol.Position{Epoch: r.epoch, Seq: r.lastSeq})
 	}
 }
 
 // noteIdle records that the Hub handed out p of a room without members.
-func (h *Hub) noteIdle(name string, p position) {
-	if old, ok := h.idlePosition(name); ok && old.epoch == p.epoch && old.seq >= p.seq {
+func (h *Hub) noteIdle(name string, p protocol.Position) {
+	if old, ok := h.idlePosition(name); ok && old.Epoch == p.Epoch && old.Seq >= p.Seq {
 		return
 	}
 	if len(h.idle) >= idleGeneration {
-		h.idleOld, h.idle = h.idle, make(map[string]position)
+		h.idleOld, h.idle = h.idle, make(map[string]protocol.Position)
 	}
 	h.idle[name] = p
 }
 
-func (h *Hub) idlePosition(name string) (position, bool) {
+func (h *Hub) idlePosition(name string) (protocol.Position, bool) {
 	if p, ok := h.idle[name]; ok {
 		return p, true
 	}
@@ -445,8 +437,8 @@ func (h *Hub) join(req *JoinRequest) JoinResult {
 	r := h.rooms[req.Room]
 	if r == nil {
 		r = &room{epoch: req.Epoch, lastSeq: req.Seq, index: make(map[*Client]int)}
-		if p, ok := h.idlePosition(req.Room); ok && (p.epoch != req.Epoch || p.seq > req.Seq) {
-			r.epoch, r.lastSeq = p.epoch, p.seq
+		if p, ok := h.idlePosition(req.Room); ok && (p.Epoch != req.Epoch || p.Seq > req.Seq) {
+			r.epoch, r.lastSeq = p.Epoch, p.Seq
 		}
 	}
 	var missed []recentMessage
@@ -466,7 +458,7 @@ func (h *Hub) join(req *JoinRequest) JoinResult {
 	if len(missed) > 0 {
 		at = r.lastSeq // the missed messages follow the reply
 	}
-	r.set(req.Client, position{req.Epoch, at})
+	r.set(req.Client, protocol.Position{Epoch: req.Epoch, Seq: at})
 	if req.Client.rooms == nil {
 		req.Client.rooms = make(map[string]struct{})
 	}
@@ -553,7 +545,7 @@ func (h *Hub) deliver(d broker.Delivery) {
 	case broker.KindResync:
 		r := h.rooms[d.Topic.Name]
 		if r == nil {
-			h.noteIdle(d.Topic.Name, position{d.Message.Epoch, d.Message.Seq})
+			h.noteIdle(d.Topic.Name, protocol.Position{Epoch: d.Message.Epoch, Seq: d.Message.Seq})
 		}
 		if r != nil && r.epoch == d.Message.Epoch {
 			if d.Message.Seq > r.lastSeq {
@@ -590,7 +582,7 @@ func (h *Hub) deliverMessage(d broker.Delivery) {
 	m := d.Message
 	r := h.rooms[d.Topic.Name]
 	if r == nil {
-		h.noteIdle(d.Topic.Name, position{m.Epoch, m.Seq})
+		h.noteIdle(d.Topic.Name, protocol.Position{Epoch: m.Epoch, Seq: m.Seq})
 		return
 	}
 	if m.Epoch != r.epoch {
@@ -605,7 +597,7 @@ func (h *Hub) deliverMessage(d broker.Delivery) {
 	var resync []byte
 	for i := range r.members {
 		member := &r.members[i]
-		if member.epoch != m.Epoch {
+		if member.Epoch != m.Epoch {
 			// The member's reply belongs to another sequence: it cannot
 			// continue from its seq and must join again. Until it does,
 			// it gets the new sequence from here on.
@@ -613,9 +605,9 @@ func (h *Hub) deliverMessage(d broker.Delivery) {
 				resync = protocol.MustEncode(protocol.Resync{Type: "resync", Room: m.Room, Epoch: m.Epoch, Seq: m.Seq})
 			}
 			h.send(member.client, resync)
-			member.position = position{epoch: m.Epoch}
+			member.Position = protocol.Position{Epoch: m.Epoch}
 		}
-		if m.Seq > member.seq {
+		if m.Seq > member.Seq {
 			h.send(member.client, d.Payload)
 		}
 	}
