@@ -10,6 +10,14 @@
   const TYPING_SHOW_MS = 3000;   // how long "X is typing…" stays
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
+  // SPEC §12: after this many WebSocket opens failed in a row (a WebSocket
+  // that ended before it opened), the page switches to SSE.
+  const WS_FAILED_OPENS_BEFORE_SSE = 2;
+  const WS_OPEN_TIMEOUT_MS = 10000; // an upgrade unanswered this long is a failed open
+  // Commands queued while a POST is in flight go in one body, up to about
+  // this many bytes: below the server's Chat.MaxFrameBytes (32 KiB by
+  // default), which every valid single command fits.
+  const SSE_BODY_BYTES = 16384;
   const HISTORY_PAGE = 50;
   const DIRECTORY_REFRESH_MS = 20000;
   // A large room (SPEC §15) may hold thousands of users: the member list
@@ -35,6 +43,7 @@
     offline: 'Not delivered (offline)',
     disconnected: 'Not delivered (connection lost)',
     timeout: 'Not delivered (no reply from server)',
+    too_large: 'Not sent: too large',
   };
 
   const $ = (id) => document.getElementById(id);
@@ -83,7 +92,9 @@
   const S = {
     name: '',
     token: null,
-    ws: null,
+    transport: null,        // the open or opening transport (see openWebSocket, openSSE)
+    sse: false,             // use SSE instead of WebSocket; never reset (see onClosed)
+    wsFailedOpens: 0,       // WebSocket opens failed in a row
     conn: 'offline',        // offline | connecting | online | reconnecting
     connNote: '',           // why we are offline, shown in #status
     everOnline: false,      // got a welcome since this name was picked?
@@ -161,39 +172,210 @@
     return 0;
   }
 
+  // ---------- transports ----------
+  // A transport carries protocol lines between the page and the server: a
+  // WebSocket, or (SPEC §12) an SSE stream for events with HTTP POSTs for
+  // commands. Both have this shape, so that the request/reply bookkeeping
+  // (ids, pending replies, timeouts, idempotency keys) does not know which
+  // one it talks through:
+  //   kind        'WebSocket' or 'SSE' (the status pill shows it)
+  //   open        true while commands can be sent (SSE: from its welcome on)
+  //   send(text)  newline-separated commands; a Promise that rejects with a
+  //               coded error when they did not reach the server (an SSE POST
+  //               refused with 413, 429, 503...). Replies come as events.
+  //   close()     ends it; no callback follows
+  // and the callbacks connect() sets right after making it (never called
+  // before that, nor after close() or onclose):
+  //   onopen()                          it opened (WebSocket) or welcomed (SSE)
+  //   onmessage(events)                 one frame's (SSE: one message's) events, in order
+  //   onclose({code, reason, opened})   it ended by itself, with a WebSocket close
+  //                                     code; `opened` is false when it never opened
+
+  // One frame or SSE message holds one or more JSON objects separated by newlines.
+  function parseLines(data) {
+    const events = [];
+    for (const line of data.split('\n')) {
+      if (!line.trim()) continue;
+      let ev;
+      try { ev = JSON.parse(line); } catch { console.warn('chat: bad JSON line', line); continue; }
+      if (ev && typeof ev === 'object') events.push(ev);
+    }
+    return events;
+  }
+
+  function openWebSocket(query) {
+    const t = { kind: 'WebSocket', onopen: null, onmessage: null, onclose: null };
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    let ws = null, opened = false, ended = false, openTimer = null;
+    const detach = () => {
+      ended = true;
+      clearTimeout(openTimer);
+      if (ws) ws.onopen = ws.onmessage = ws.onclose = null;
+    };
+    const end = (code, reason) => {
+      if (ended) return;
+      detach();
+      t.onclose({ code, reason: reason || '', opened });
+    };
+    Object.defineProperty(t, 'open', { get: () => opened && !ended && ws.readyState === 1 }); // 1: OPEN
+    t.send = (text) => {
+      try { ws.send(text); } catch (e) { return Promise.reject(codedError('disconnected', 'connection lost')); }
+      return Promise.resolve();
+    };
+    t.close = () => {
+      if (ended) return;
+      detach();
+      if (ws) ws.close(1000);
+    };
+    try {
+      ws = new WebSocket(proto + '//' + location.host + '/ws?' + query);
+    } catch (e) {
+      // A WebSocket that cannot even be made is a failed open, told later like any other.
+      setTimeout(() => end(1006, String(e && e.message || e)), 0);
+      return t;
+    }
+    // A network that blocks WebSockets may hold the upgrade instead of refusing it.
+    openTimer = setTimeout(() => { const s = ws; end(1006, 'no answer to the upgrade'); s.close(); }, WS_OPEN_TIMEOUT_MS);
+    ws.onopen = () => { opened = true; clearTimeout(openTimer); t.onopen(); };
+    ws.onmessage = (ev) => { if (typeof ev.data === 'string') t.onmessage(parseLines(ev.data)); };
+    ws.onclose = (ev) => end(ev.code, ev.reason);
+    return t;
+  }
+
+  // openSSE: GET /sse is the stream of events; its welcome names the session,
+  // and commands are POSTed to /api/sessions/:session/commands with the
+  // session's key. Replies and errors come back on the stream.
+  function openSSE(query) {
+    const t = { kind: 'SSE', open: false, onopen: null, onmessage: null, onclose: null };
+    let session = '', sessionKey = '', ended = false, posting = false;
+    const queue = []; // {text, resolve, reject}: commands waiting for the POST in flight
+    const es = new EventSource('/sse?' + query);
+    const drop = (reason) => {
+      ended = true;
+      t.open = false;
+      es.onmessage = es.onerror = null;
+      es.close();
+      for (const q of queue.splice(0)) q.reject(codedError('disconnected', reason));
+    };
+    const end = (code, reason) => {
+      if (ended) return;
+      drop('connection lost');
+      t.onclose({ code, reason: reason || '', opened: !!session });
+    };
+    t.close = () => { if (!ended) drop('connection closed'); };
+
+    // An EventSource reconnects by itself after an error, but that makes a
+    // new session that has joined no room and whose key the page lacks: it
+    // is closed instead, and the page reconnects with its own backoff and
+    // resumes its rooms with `since`, exactly as after a WebSocket drop.
+    es.onerror = () => end(1006, 'stream lost');
+    es.onmessage = (ev) => {
+      if (ended) return;
+      const events = parseLines(typeof ev.data === 'string' ? ev.data : '');
+      // The server's last event ends the session with a WebSocket close code.
+      const i = events.findIndex((e) => e.type === 'close');
+      const closing = i >= 0 ? events.splice(i)[0] : null;
+      if (!session) {
+        const w = events.find((e) => e.type === 'welcome');
+        if (w) {
+          if (typeof w.session !== 'string' || !w.session || typeof w.sessionKey !== 'string' || !w.sessionKey) {
+            end(1002, 'welcome without a session'); // commands would have nowhere to go
+            return;
+          }
+          session = w.session;
+          sessionKey = w.sessionKey;
+          t.open = true;
+          t.onopen();
+        }
+      }
+      if (events.length) t.onmessage(events);
+      if (closing) end(typeof closing.code === 'number' ? closing.code : 1006, closing.reason);
+    };
+
+    t.send = (text) => new Promise((resolve, reject) => {
+      if (!t.open) { reject(codedError('offline', 'not connected')); return; }
+      queue.push({ text, resolve, reject });
+      if (!posting) postQueued();
+    });
+
+    // One POST at a time keeps the commands in the order they were sent;
+    // whatever queued up meanwhile goes out together in the next body.
+    async function postQueued() {
+      posting = true;
+      while (queue.length && !ended) {
+        let n = 0, bytes = 0;
+        while (n < queue.length && (n === 0 || bytes + queue[n].text.length * 3 <= SSE_BODY_BYTES)) {
+          bytes += queue[n].text.length * 3 + 1; // UTF-16 units to UTF-8 bytes: at most 3 each
+          n++;
+        }
+        const batch = queue.splice(0, n);
+        const outcome = await postCommands(batch.map((q) => q.text).join('\n'));
+        if (outcome === 'accepted') batch.forEach((q) => q.resolve());
+        else if (outcome === 'lost') {
+          end(1006, 'session lost');
+          batch.forEach((q) => q.reject(codedError('disconnected', 'connection lost')));
+        } else batch.forEach((q) => q.reject(outcome));
+      }
+      posting = false;
+    }
+
+    // postCommands answers 'accepted', 'lost' (the session is gone or not
+    // ours, or the server could not be reached: reconnect, and what was not
+    // confirmed is resent with its key after the re-join), or the coded
+    // error the commands fail with, as if the server had refused them.
+    async function postCommands(body) {
+      let res;
+      try {
+        res = await fetch('/api/sessions/' + encodeURIComponent(session) + '/commands', {
+          method: 'POST',
+          headers: { 'X-Session-Key': sessionKey, 'Content-Type': 'text/plain' },
+          body,
+          cache: 'no-store',
+          credentials: 'same-origin',
+        });
+      } catch {
+        return 'lost';
+      }
+      let info = {};
+      try { info = await res.json(); } catch { /* no JSON body */ }
+      if (res.ok) return 'accepted'; // 202 {"accepted": N}
+      if (res.status === 403 || res.status === 404) return 'lost';
+      const code = info && typeof info.code === 'string' ? info.code
+        : res.status === 413 ? 'too_large' : res.status === 429 ? 'rate_limited' : 'unavailable';
+      return codedError(code, info && typeof info.message === 'string' ? info.message : `HTTP ${res.status}`);
+    }
+    return t;
+  }
+
   // ---------- connection ----------
+  const transportName = () => (S.sse ? 'SSE' : 'WebSocket');
+
   function setConn(state) {
     S.conn = state;
     clearInterval(S.countdown);
     S.countdown = null;
     // tick the "reconnecting in Ns" text while we wait
     if (state === 'reconnecting' && S.retryTimer) S.countdown = setInterval(renderStatus, 1000);
-    $('status-live').textContent = state === 'online' ? 'online' : state;
+    $('status-live').textContent = state === 'offline' ? state : `${state} · ${transportName()}`;
     renderAll();
   }
 
   function connect() {
     clearTimeout(S.retryTimer);
     S.retryTimer = null;
-    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    let url = proto + '//' + location.host + '/ws?name=' + encodeURIComponent(S.name);
-    if (S.token) url += '&token=' + encodeURIComponent(S.token);
+    let query = 'name=' + encodeURIComponent(S.name);
+    if (S.token) query += '&token=' + encodeURIComponent(S.token);
     setConn(S.everOnline ? 'reconnecting' : 'connecting');
-    let ws;
-    try {
-      ws = new WebSocket(url);
-    } catch (e) {
-      onClosed({ code: 0 });
-      return;
-    }
-    S.ws = ws;
-    // Handlers check S.ws === ws so a socket we abandoned cannot touch state.
-    ws.onmessage = (ev) => { if (S.ws === ws && typeof ev.data === 'string') onFrame(ev.data); };
-    ws.onclose = (ev) => { if (S.ws === ws) onClosed(ev); };
+    const t = S.sse ? openSSE(query) : openWebSocket(query);
+    S.transport = t;
+    // Callbacks check S.transport === t so a transport we abandoned cannot touch state.
+    t.onopen = () => { if (S.transport === t && t.kind === 'WebSocket') S.wsFailedOpens = 0; };
+    t.onmessage = (events) => { if (S.transport === t) onEvents(events); };
+    t.onclose = (ev) => { if (S.transport === t) onClosed(t, ev); };
   }
 
-  function onClosed(ev) {
-    S.ws = null;
+  function onClosed(t, ev) {
+    S.transport = null;
     failAllPending('disconnected', 'connection lost');
     for (const r of S.rooms.values()) {
       if (!r.dm) { r.joined = false; r.joining = false; }
@@ -206,7 +388,26 @@
       setConn('offline');
       return;
     }
+    const failedOpen = t.kind === 'WebSocket' && !ev.opened;
+    let fellBack = false;
+    if (failedOpen && ++S.wsFailedOpens >= WS_FAILED_OPENS_BEFORE_SSE) {
+      // WebSockets look blocked on this network: SSE from now on, for the
+      // rest of the page's life. Trying WebSockets again later would cost
+      // failed opens (each up to WS_OPEN_TIMEOUT_MS) on every later
+      // reconnect, for no gain that the user could see. A reload starts
+      // with WebSockets again.
+      S.sse = true;
+      fellBack = true;
+    }
     if (!S.everOnline) {
+      if (failedOpen) {
+        // The WebSocket, not the name, may be what the network refuses: try
+        // it once more, then SSE at once. Only a failure there says the name
+        // (or the token) is the likely cause.
+        if (fellBack) connect();
+        else scheduleReconnect('connecting');
+        return;
+      }
       // A bad name is refused with HTTP 400, which looks like any failed connection.
       S.connNote = 'could not connect';
       toast('Could not connect. Check your name or pick another one.');
@@ -219,19 +420,20 @@
     scheduleReconnect();
   }
 
-  function scheduleReconnect() {
+  function scheduleReconnect(state = 'reconnecting') {
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** S.attempt);
     // Jitter spreads out many clients reconnecting after the same outage.
     const delay = base / 2 + Math.random() * (base / 2);
     S.attempt++;
     S.retryAt = Date.now() + delay;
     S.retryTimer = setTimeout(connect, delay);
-    setConn('reconnecting');
+    setConn(state);
   }
 
-  // Start over with a (new) name: drop the old socket and all room state.
+  // Start over with a (new) name: drop the old connection and all room state.
+  // The transport stays: once on SSE, the page stays on SSE.
   function startSession(name) {
-    if (S.ws) { const old = S.ws; S.ws = null; old.close(1000); }
+    if (S.transport) { const old = S.transport; S.transport = null; old.close(); }
     clearTimeout(S.retryTimer);
     S.retryTimer = null;
     failAllPending('disconnected', 'connection replaced');
@@ -241,6 +443,7 @@
     S.me = null;
     S.everOnline = false;
     S.attempt = 0;
+    S.wsFailedOpens = 0;
     S.connNote = '';
     S.name = name;
     $('composer').value = '';
@@ -249,8 +452,8 @@
 
   // ---------- commands ----------
   function cmd(type, payload = {}) {
-    const ws = S.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) return Promise.reject(codedError('offline', 'not connected'));
+    const t = S.transport;
+    if (!t || !t.open) return Promise.reject(codedError('offline', 'not connected'));
     const id = S.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -258,13 +461,21 @@
         reject(codedError('timeout', 'no reply from server'));
       }, REPLY_TIMEOUT_MS);
       S.pending.set(id, { resolve, reject, timer });
-      ws.send(JSON.stringify({ type, id, ...payload }));
+      // A command that did not reach the server fails as a reply with that error would.
+      t.send(JSON.stringify({ type, id, ...payload })).catch((e) => {
+        const p = S.pending.get(id);
+        if (!p) return; // answered, timed out, or failed with the connection already
+        S.pending.delete(id);
+        clearTimeout(p.timer);
+        p.reject(e);
+      });
     });
   }
 
   // Fire-and-forget command (no id, so no reply).
   function fire(type, payload = {}) {
-    if (S.ws && S.ws.readyState === WebSocket.OPEN) S.ws.send(JSON.stringify({ type, ...payload }));
+    const t = S.transport;
+    if (t && t.open) t.send(JSON.stringify({ type, ...payload })).catch(() => {});
   }
 
   function failAllPending(code, message) {
@@ -274,12 +485,8 @@
   }
 
   // ---------- incoming events ----------
-  function onFrame(data) {
-    // One frame may carry several JSON objects separated by newlines.
-    for (const line of data.split('\n')) {
-      if (!line.trim()) continue;
-      let ev;
-      try { ev = JSON.parse(line); } catch { console.warn('chat: bad JSON line', line); continue; }
+  function onEvents(events) {
+    for (const ev of events) {
       try { dispatch(ev); } catch (e) { console.error('chat: handler failed', ev, e); }
     }
     renderAll(); // once per frame, not per event
@@ -691,6 +898,10 @@
     const s = $('status');
     s.textContent = text;
     s.dataset.state = S.conn;
+    $('status-pill').dataset.state = S.conn;
+    const transport = $('transport');
+    transport.textContent = transportName();
+    transport.hidden = S.conn === 'offline'; // nothing is carried then
     // Once connected, the name form is only for changing the name; phones fold it away.
     const connected = S.conn !== 'offline';
     document.body.classList.toggle('connected', connected);
@@ -1048,6 +1259,7 @@
   window.chat = {
     state: () => ({
       status: S.conn,
+      transport: transportName(),
       user: S.me,
       client: S.client,
       node: S.node,
@@ -1068,6 +1280,7 @@
 
   // ---------- boot ----------
   const params = new URLSearchParams(location.search);
+  if (params.get('transport') === 'sse') S.sse = true; // SSE from the start, for the page's life
   if (params.has('token')) store('chat.token', params.get('token'));
   S.token = load('chat.token');
   const savedName = load('chat.name');
