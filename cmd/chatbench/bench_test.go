@@ -1,15 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"chat/internal/chattest"
+	chatconfig "chat/internal/config"
 )
 
 func TestPayloadRoundTrip(t *testing.T) {
@@ -252,5 +258,193 @@ func TestAwaitEmptyReportsARoomThatNeverEmpties(t *testing.T) {
 	r := lr.Replicas[0]
 	if lr.Empty || lr.EmptyMs != 0 || r.Empty || r.Polls != 0 || r.Errors < 2 || !strings.Contains(r.LastError, "without count") {
 		t.Errorf("got %+v, replica %+v; want not empty, errors without count", lr, r)
+	}
+}
+
+// TestRunAgainstServer runs chatbench against the real service (chattest),
+// its receivers over each transport: every message reaches every receiver
+// once, in seq order, and the room empties after the close. The server runs
+// in this process, so -server-pid is this one's.
+func TestRunAgainstServer(t *testing.T) {
+	srv := chattest.Start(t, func(c *chatconfig.Config) {
+		c.Chat.RateLimit, c.Chat.RateBurst = 100000, 100000 // the sender's closed loop
+	})
+	for _, transport := range []string{transportSSE, transportWS} {
+		t.Run(transport, func(t *testing.T) {
+			const receivers, messages = 20, 50
+			cfg, err := parseFlags([]string{
+				"-url", srv.WSURL, "-receiver-transport", transport,
+				"-receivers", fmt.Sprint(receivers), "-senders", "1", "-messages", fmt.Sprint(messages),
+				"-drain", "5s", "-duration", "30s", "-settle", "10ms",
+				"-server-pid", fmt.Sprint(os.Getpid()),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.duration)
+			defer cancel()
+			rep, err := run(ctx, cfg)
+			if err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			var out bytes.Buffer
+			rep.writeText(&out)
+			t.Logf("report:\n%s", out.String())
+
+			if rep.Transport != transport || rep.Connected != receivers || rep.SendersConnected != 1 || len(rep.ConnectErrors) > 0 {
+				t.Fatalf("transport %s, %d/%d receivers and %d senders connected, errors %v", rep.Transport, rep.Connected, receivers, rep.SendersConnected, rep.ConnectErrors)
+			}
+			if rep.Sent != messages || rep.Acked != messages {
+				t.Errorf("sent %d, accepted %d, want %d", rep.Sent, rep.Acked, messages)
+			}
+			if want := int64(receivers * messages); rep.Received != want || rep.Expected != want || !rep.Drained {
+				t.Errorf("received %d of %d expected (drained %v), want %d", rep.Received, rep.Expected, rep.Drained, want)
+			}
+			if rep.Loss != 0 || rep.Duplicates != 0 || rep.OutOfOrder != 0 || rep.SeqGaps != 0 {
+				t.Errorf("loss %d, duplicates %d, out of order %d, seq gaps %d; want none", rep.Loss, rep.Duplicates, rep.OutOfOrder, rep.SeqGaps)
+			}
+			if rep.Foreign+rep.Resyncs+rep.ErrorEvents+rep.Malformed != 0 || rep.ReceiverDisconnects != 0 || len(rep.SenderDisconnects) > 0 {
+				t.Errorf("foreign %d, resyncs %d, error events %d, malformed %d, disconnects %v %v; want none",
+					rep.Foreign, rep.Resyncs, rep.ErrorEvents, rep.Malformed, rep.DisconnectReasons, rep.SenderDisconnects)
+			}
+			if rep.Latency.Count != uint64(receivers*messages) {
+				t.Errorf("%d latencies, want one per delivery", rep.Latency.Count)
+			}
+			if rep.Leave == nil || !rep.Leave.Empty {
+				t.Errorf("leave %+v: want the room empty after the close", rep.Leave)
+			}
+			if s := rep.Server; s == nil || s.Error != "" || s.CPUJoinSeconds == nil || s.CPULeaveSeconds == nil || s.RSSSettledMiB == nil {
+				t.Errorf("server report %+v: want every phase sampled", s)
+			}
+		})
+	}
+}
+
+func TestSSEURL(t *testing.T) {
+	tests := []struct{ ws, want string }{
+		{"ws://127.0.0.1:8900/ws", "http://127.0.0.1:8900/sse"},
+		{"wss://chat.example.com/some/prefix/ws?x=1", "https://chat.example.com/sse"},
+	}
+	for _, tc := range tests {
+		if got, err := sseURL(tc.ws); err != nil || got != tc.want {
+			t.Errorf("sseURL(%q) = %q, %v; want %q", tc.ws, got, err, tc.want)
+		}
+	}
+	if got, err := sseURL("http://127.0.0.1/ws"); err == nil {
+		t.Errorf("sseURL(http://...) = %q, want an error", got)
+	}
+	if got := commandsURL("http://127.0.0.1:8900/sse", "n1-7"); got != "http://127.0.0.1:8900/api/sessions/n1-7/commands" {
+		t.Errorf("commandsURL = %q", got)
+	}
+	if _, err := parseFlags([]string{"-receiver-transport", "sse", "-raw"}); err == nil {
+		t.Error("-receiver-transport sse with -raw: want an error")
+	}
+	if _, err := parseFlags([]string{"-receiver-transport", "quic"}); err == nil {
+		t.Error("-receiver-transport quic: want an error")
+	}
+}
+
+// TestSSEStreamNext: data lines are events; comments, blank lines and other
+// fields are skipped; CRLF, "data:" without its space and lines longer than
+// the reader's buffer are read whole.
+func TestSSEStreamNext(t *testing.T) {
+	long := `{"type":"reply","id":"join","result":{"history":"` + strings.Repeat("h", 100) + `"}}`
+	stream := ": ping\n\n" +
+		"data: {\"type\":\"welcome\"}\n\n" +
+		"event: x\nid: 7\nretry: 10\n" +
+		"data: " + long + "\n" +
+		"data:{\"type\":\"joined\"}\r\n\r\n" +
+		"data: \n" + // empty: skipped
+		"data: {\"type\":\"cut\"" // no newline: the stream ended mid-line
+	s := newSSEReader(io.NopCloser(strings.NewReader(stream)), 16) // bufio's smallest buffer
+	var got []string
+	for {
+		line, err := s.next()
+		if err != nil {
+			if err != io.EOF {
+				t.Fatalf("err %v, want EOF", err)
+			}
+			break
+		}
+		got = append(got, string(line))
+	}
+	want := []string{`{"type":"welcome"}`, long, `{"type":"joined"}`}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("got %q\nwant %q", got, want)
+	}
+}
+
+// TestReceiverSSELoop: a receiver reading a stream counts its messages, and
+// the stream's close event names the disconnect as a WebSocket close would.
+func TestReceiverSSELoop(t *testing.T) {
+	now := time.Now().UnixNano()
+	msg := func(seq int64, counter int) string {
+		text := appendPayload(nil, 0, counter, now, 40)
+		return fmt.Sprintf(`{"type":"message","room":"r","epoch":"e","seq":%d,"id":"x","from":"b","text":"%s","ts":1}`, seq, text)
+	}
+	events := "data: " + msg(4, 1) + "\ndata: " + msg(5, 2) + "\n\n: ping\n\ndata: " + msg(6, 3) + "\n\n"
+	tests := []struct {
+		name, stream string
+		closing      bool
+		want         string
+	}{
+		{"close event", events + "data: {\"type\":\"close\",\"code\":4008,\"reason\":\"slow consumer\"}\n\n", false, "4008 slow consumer"},
+		{"no close event", events, false, "stream ended without a close event"},
+		{"closed by the bench", events, true, ""},
+	}
+	for _, tc := range tests {
+		r := newReceiver(0, "u", nil, &config{senders: 1, messages: 10})
+		r.lastSeq = 3
+		r.sse = newSSEReader(io.NopCloser(strings.NewReader(tc.stream)), sseReadBuffer)
+		var closing atomic.Bool
+		closing.Store(tc.closing)
+		r.readSSELoop(nil, &closing)
+		if r.delivered.Load() != 3 || r.outOfOrder != 0 || r.dups != 0 || r.malformed != 0 {
+			t.Errorf("%s: delivered %d, out of order %d, dups %d, malformed %d; want 3 in order", tc.name, r.delivered.Load(), r.outOfOrder, r.dups, r.malformed)
+		}
+		if r.disconnect != tc.want {
+			t.Errorf("%s: disconnect %q, want %q", tc.name, r.disconnect, tc.want)
+		}
+		if r.hist.min < 0 || r.hist.n != 3 {
+			t.Errorf("%s: latencies %d, min %d", tc.name, r.hist.n, r.hist.min)
+		}
+	}
+}
+
+// BenchmarkReceiverSSELine is an SSE receiver's hot path: a stream of
+// message events (in SSE events of 20 data lines) read line by line from
+// the stream's reader, parsed and recorded. Compare with
+// BenchmarkReceiverHandleLine, which is the same without the reading.
+func BenchmarkReceiverSSELine(b *testing.B) {
+	const n = 4096
+	cfg := &config{senders: 1, messages: n}
+	r := newReceiver(0, "u", nil, cfg)
+	now := time.Now().UnixNano()
+	var stream []byte
+	for i := range n {
+		text := appendPayload(nil, 0, i+1, now, 100)
+		stream = fmt.Appendf(stream, `data: {"type":"message","room":"bench-0123456789","epoch":"9f86d081884c7d65","seq":%d,"id":"m-%d","from":"bench-s0","text":"%s","ts":1}`+"\n", i+1, i+1, text)
+		if i%20 == 19 {
+			stream = append(stream, '\n')
+		}
+	}
+	src := bytes.NewReader(stream)
+	r.sse = newSSEReader(io.NopCloser(src), sseReadBuffer)
+	b.SetBytes(int64(len(stream) / n))
+	b.ResetTimer()
+	for i := range b.N {
+		if i%n == 0 {
+			r.lastSeq, r.got[0] = 0, nil
+			src.Reset(stream)
+			r.sse.br.Reset(&r.sse.clock)
+		}
+		line, err := r.sse.next()
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.handleLine(r.sse.clock.now, line)
+	}
+	if r.delivered.Load() != int64(b.N) || r.outOfOrder != 0 || r.dups != 0 {
+		b.Fatalf("delivered %d of %d, out of order %d, duplicates %d", r.delivered.Load(), b.N, r.outOfOrder, r.dups)
 	}
 }

@@ -93,25 +93,38 @@ func join(ws *websocket.Conn, room string) (seq int64, pending [][]byte, err err
 		}
 		lines := splitLines(data)
 		for i, line := range lines {
-			if eventType(line) != "reply" {
+			seq, ok, err := joinReply(line)
+			if err != nil {
+				return 0, nil, err
+			}
+			if !ok {
 				pending = append(pending, line)
 				continue
-			}
-			var r joinResult
-			if err := json.Unmarshal(line, &r); err != nil || string(r.ID) != `"join"` {
-				pending = append(pending, line)
-				continue
-			}
-			if r.Error != nil {
-				return 0, nil, fmt.Errorf("join refused: %s: %s", r.Error.Code, r.Error.Message)
-			}
-			if r.Result == nil {
-				return 0, nil, fmt.Errorf("join reply without result: %s", line)
 			}
 			// Events after the reply in the same frame come after it.
-			return r.Result.Seq, append(pending, lines[i+1:]...), nil
+			return seq, append(pending, lines[i+1:]...), nil
 		}
 	}
+}
+
+// joinReply recognises the reply to chatbench's join command (id "join"):
+// ok with the room's seq, or the refusal as an error; not ok for any other
+// event.
+func joinReply(line []byte) (seq int64, ok bool, err error) {
+	if eventType(line) != "reply" {
+		return 0, false, nil
+	}
+	var r joinResult
+	if err := json.Unmarshal(line, &r); err != nil || string(r.ID) != `"join"` {
+		return 0, false, nil
+	}
+	if r.Error != nil {
+		return 0, false, fmt.Errorf("join refused: %s: %s", r.Error.Code, r.Error.Message)
+	}
+	if r.Result == nil {
+		return 0, false, fmt.Errorf("join reply without result: %s", line)
+	}
+	return r.Result.Seq, true, nil
 }
 
 // splitLines splits a frame into its newline-separated events. The returned

@@ -1,15 +1,17 @@
 // Command chatbench is a load generator for the chat service's WebSocket
 // protocol (SPEC §3). It opens N receivers in one room, spread round-robin
-// over one or more replicas, lets S senders publish M messages each, and
-// reports delivery counts, loss, duplicates, order violations, disconnects,
-// latency percentiles and, given the server's pid, the server's CPU and
-// memory. At the end it closes every connection at once and polls each
-// replica's REST API (GET /api/rooms/<room>/members) until the room is
-// empty everywhere.
+// over one or more replicas (over WebSocket, or with -receiver-transport sse
+// as SSE streams that post their join: SPEC §12), lets S senders publish M
+// messages each over WebSocket, and reports delivery counts, loss,
+// duplicates, order violations, disconnects, latency percentiles and, given
+// the server's pid, the server's CPU and memory. At the end it closes every
+// connection at once and polls each replica's REST API
+// (GET /api/rooms/<room>/members) until the room is empty everywhere.
 //
 //	go run ./cmd/chatbench -url ws://127.0.0.1:8888/ws -receivers 200 -senders 1 -messages 2000 -rate 200
 //	go run ./cmd/chatbench -url ws://127.0.0.1:8881/ws,ws://127.0.0.1:8882/ws -senders-url ws://127.0.0.1:8881/ws ...
 //	go run ./cmd/chatbench -connect-only -receivers 5000 -hold 5s -server-pid 1234
+//	go run ./cmd/chatbench -receiver-transport sse -url ws://127.0.0.1:8888/ws -receivers 200 ...  (receivers on /sse)
 //	go run ./cmd/chatbench -raw -url ws://127.0.0.1:8080/ws ...   (gorilla/websocket examples/chat)
 //
 // Every message text is "s<sender>:<counter>:<send time ns>:" padded with
@@ -47,7 +49,9 @@ const (
 // config is the parsed command line.
 type config struct {
 	urls            []string
+	sseURLs         []string // -receiver-transport sse: each -url's /sse, in the same order
 	sendersURL      string
+	transport       string // -receiver-transport: transportWS or transportSSE
 	receivers       int
 	senders         int
 	messages        int
@@ -122,6 +126,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.hold, "hold", 5*time.Second, "with -connect-only: how long to hold the connections open")
 	fs.DurationVar(&c.settle, "settle", 2*time.Second, "with -server-pid: after the joins, wait this long before reading the server's settled RSS and connecting the senders")
 	fs.IntVar(&c.serverPID, "server-pid", 0, "pid of the server process: report its CPU time and RSS growth from /proc")
+	fs.StringVar(&c.transport, "receiver-transport", transportWS, "how the receivers connect: ws (WebSocket), or sse (GET /sse on each -url's host, the join POSTed to /api/sessions/<session>/commands); senders always use WebSocket")
 	fs.BoolVar(&c.raw, "raw", false, "raw text frames (gorilla/websocket examples/chat): no welcome, no join, every frame line is a payload")
 	fs.BoolVar(&c.jsonOut, "json", false, "print the report as JSON instead of text")
 	fs.IntVar(&c.dialConcurrency, "dial-concurrency", 100, "connections set up in parallel")
@@ -166,6 +171,19 @@ func parseFlags(args []string) (*config, error) {
 		return nil, fmt.Errorf("-drain, -hold, -send-for and -reply-timeout must be positive")
 	case c.settle < 0:
 		return nil, fmt.Errorf("-settle must not be negative")
+	case c.transport != transportWS && c.transport != transportSSE:
+		return nil, fmt.Errorf("-receiver-transport must be %s or %s", transportWS, transportSSE)
+	case c.transport == transportSSE && c.raw:
+		return nil, fmt.Errorf("-receiver-transport sse speaks the chat protocol: not with -raw")
+	}
+	if c.transport == transportSSE {
+		for _, u := range c.urls {
+			s, err := sseURL(u)
+			if err != nil {
+				return nil, err
+			}
+			c.sseURLs = append(c.sseURLs, s)
+		}
 	}
 	return &c, nil
 }

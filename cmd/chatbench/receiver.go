@@ -8,12 +8,14 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// receiver is one receiving connection. After setup, its fields are owned by
-// its read goroutine until done is closed; only delivered is shared.
+// receiver is one receiving connection: a WebSocket, or an SSE stream
+// (-receiver-transport sse). After setup, its fields are owned by its read
+// goroutine until done is closed; only delivered is shared.
 type receiver struct {
 	id   int
 	url  string
-	ws   *websocket.Conn
+	ws   *websocket.Conn // nil for an SSE stream
+	sse  *sseStream      // nil for a WebSocket
 	done chan struct{}
 
 	raw      bool
@@ -38,6 +40,7 @@ type receiver struct {
 	malformed  int64
 
 	disconnect string // non-empty: the connection ended before the bench closed it
+	closeEvent string // SSE: the stream's close event, as closeReason words a WebSocket's close
 }
 
 func newReceiver(id int, url string, ws *websocket.Conn, cfg *config) *receiver {
@@ -77,6 +80,30 @@ func (r *receiver) readLoop(pending [][]byte, closing *atomic.Bool) {
 	}
 }
 
+// readSSELoop is readLoop for an SSE stream: each data line is an event,
+// received when the read that brought its last bytes returned.
+func (r *receiver) readSSELoop(pending [][]byte, closing *atomic.Bool) {
+	defer close(r.done)
+	now := time.Now().UnixNano()
+	for _, line := range pending {
+		r.handleLine(now, line)
+	}
+	s := r.sse
+	for {
+		line, err := s.next()
+		if err != nil {
+			if !closing.Load() {
+				r.disconnect = r.closeEvent
+				if r.disconnect == "" {
+					r.disconnect = streamEndReason(err)
+				}
+			}
+			return
+		}
+		r.handleLine(s.clock.now, line)
+	}
+}
+
 func (r *receiver) handleLine(now int64, line []byte) {
 	if r.raw {
 		r.handlePayload(now, line)
@@ -106,6 +133,8 @@ func (r *receiver) handleLine(now int64, line []byte) {
 		r.resyncs++
 	case "error":
 		r.errors++
+	case "close": // SSE: the stream's last event (4008, 4003, 1001)
+		r.closeEvent = closeEventReason(line)
 	case "":
 		r.malformed++
 	}

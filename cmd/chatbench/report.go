@@ -14,8 +14,9 @@ import (
 
 // report is everything a run measured; the JSON output is this struct.
 type report struct {
-	Mode        string   `json:"mode"` // "chat" or "raw"
-	URLs        []string `json:"urls"`
+	Mode        string   `json:"mode"`               // "chat" or "raw"
+	Transport   string   `json:"receiver_transport"` // "ws" or "sse"; senders use WebSocket
+	URLs        []string `json:"urls"`               // the receivers' (sse: each -url's /sse)
 	SendersURL  string   `json:"senders_url"`
 	Room        string   `json:"room"`
 	Receivers   int      `json:"receivers"`
@@ -105,8 +106,12 @@ func newReport(cfg *config) *report {
 	if cfg.raw {
 		mode = "raw"
 	}
+	urls := cfg.urls
+	if cfg.transport == transportSSE {
+		urls = cfg.sseURLs
+	}
 	return &report{
-		Mode: mode, URLs: cfg.urls, SendersURL: cfg.sendersURL, Room: cfg.room,
+		Mode: mode, Transport: cfg.transport, URLs: urls, SendersURL: cfg.sendersURL, Room: cfg.room,
 		Receivers: cfg.receivers, Senders: cfg.senders, Messages: cfg.messages,
 		Rate: cfg.rate, SendFor: cfg.sendFor.Seconds(), Size: cfg.size, ConnectOnly: cfg.connectOnly,
 	}
@@ -293,7 +298,11 @@ func (rep *report) writeText(w io.Writer) {
 		rate += fmt.Sprintf(", sending for at most %gs", rep.SendFor)
 	}
 	p("chatbench (%s mode)", rep.Mode)
-	p("  receivers on  %s", strings.Join(rep.URLs, ", "))
+	transport := ""
+	if rep.Transport == transportSSE {
+		transport = " (SSE streams, joins POSTed to /api/sessions/<session>/commands)"
+	}
+	p("  receivers on  %s%s", strings.Join(rep.URLs, ", "), transport)
 	if !rep.ConnectOnly {
 		p("  senders on    %s", rep.SendersURL)
 		room := "room " + rep.Room + ": "

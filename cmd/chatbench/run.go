@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,8 @@ type bench struct {
 	receivers []*receiver // set up receivers (failed ones are left out)
 	senders   []*sender
 
+	http *http.Client // -receiver-transport sse: every stream and POST
+
 	mu            sync.Mutex
 	connectErrors map[string]int
 }
@@ -28,13 +31,27 @@ type bench struct {
 // event lines that followed the welcome in its frame.
 type setup struct {
 	url     string
-	ws      *websocket.Conn
+	ws      *websocket.Conn // nil for an SSE stream
+	sse     *sseStream      // nil for a WebSocket
 	pending [][]byte
 	seq     int64 // the room's seq in the join reply
 }
 
+// close drops a connection that failed its setup.
+func (c *setup) close() {
+	if c.sse != nil {
+		c.sse.close()
+		return
+	}
+	_ = c.ws.Close()
+}
+
 func run(ctx context.Context, cfg *config) (*report, error) {
 	b := &bench{cfg: cfg, connectErrors: map[string]int{}}
+	if cfg.transport == transportSSE {
+		b.http = newSSEClient(cfg)
+		defer b.http.CloseIdleConnections()
+	}
 	rep := newReport(cfg)
 	srv := newServerProbe(cfg.serverPID)
 	self0, _ := readProc("self")
@@ -42,9 +59,7 @@ func run(ctx context.Context, cfg *config) (*report, error) {
 
 	// 1. Receivers: connect all and wait for every welcome.
 	start := time.Now()
-	conns := b.connect(ctx, cfg.receivers, func(i int) (string, string) {
-		return cfg.urls[i%len(cfg.urls)], fmt.Sprintf("%s-r%d", cfg.namePrefix, i)
-	})
+	conns := b.connectReceivers(ctx)
 	rep.ConnectMs = ms(time.Since(start))
 	srv.sample("connected")
 
@@ -70,6 +85,11 @@ func run(ctx context.Context, cfg *config) (*report, error) {
 	joinStart := time.Now()
 	lastReply := b.joinReceivers(ctx, conns)
 	rep.JoinMs = ms(time.Since(joinStart))
+	if b.http != nil {
+		// The joins' POST connections are done with: the server should
+		// hold only the streams, as it holds only the WebSockets.
+		b.http.CloseIdleConnections()
+	}
 	srv.sample("joined")
 	if !cfg.raw && !lastReply.IsZero() {
 		rep.LastJoinReplyMs = ms(lastReply.Sub(start))
@@ -160,6 +180,29 @@ func (b *bench) connect(ctx context.Context, n int, target func(i int) (url, nam
 	return conns
 }
 
+// connectReceivers opens the receivers, spread round-robin over the
+// replicas: WebSockets, or SSE streams with -receiver-transport sse.
+func (b *bench) connectReceivers(ctx context.Context) []*setup {
+	cfg := b.cfg
+	name := func(i int) string { return fmt.Sprintf("%s-r%d", cfg.namePrefix, i) }
+	if cfg.transport != transportSSE {
+		return b.connect(ctx, cfg.receivers, func(i int) (string, string) {
+			return cfg.urls[i%len(cfg.urls)], name(i)
+		})
+	}
+	conns := make([]*setup, cfg.receivers)
+	parallel(ctx, cfg.receivers, cfg.dialConcurrency, func(i int) {
+		u := cfg.sseURLs[i%len(cfg.sseURLs)]
+		s, err := dialSSE(ctx, b.http, u, name(i))
+		if err != nil {
+			b.noteConnectError(err)
+			return
+		}
+		conns[i] = &setup{url: u, sse: s}
+	})
+	return conns
+}
+
 func (b *bench) noteConnectError(err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -177,9 +220,16 @@ func (b *bench) joinReceivers(ctx context.Context, conns []*setup) time.Time {
 			return
 		}
 		if !b.cfg.raw {
-			seq, pending, err := join(c.ws, b.cfg.room)
+			var seq int64
+			var pending [][]byte
+			var err error
+			if c.sse != nil {
+				seq, pending, err = joinSSE(ctx, b.http, c.sse, b.cfg.room)
+			} else {
+				seq, pending, err = join(c.ws, b.cfg.room)
+			}
 			if err != nil {
-				_ = c.ws.Close()
+				c.close()
 				conns[i] = nil
 				b.noteConnectError(err)
 				return
@@ -213,6 +263,11 @@ func (b *bench) startReceiver(i int, c *setup) {
 	r := newReceiver(i, c.url, c.ws, b.cfg)
 	r.lastSeq = c.seq
 	b.receivers = append(b.receivers, r)
+	if c.sse != nil {
+		r.sse = c.sse
+		go r.readSSELoop(c.pending, &b.closing)
+		return
+	}
 	go r.readLoop(c.pending, &b.closing)
 }
 
@@ -294,16 +349,21 @@ func closed(c chan struct{}) bool {
 	}
 }
 
-// closeAll closes every connection (with a close frame, without waiting for
-// the answer) and waits for the read goroutines to end.
+// closeAll closes every connection (a WebSocket with a close frame, without
+// waiting for the answer; an SSE stream by closing its TCP connection) and
+// waits for the read goroutines to end.
 func (b *bench) closeAll() {
 	b.closing.Store(true)
 	msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bench done")
 	deadline := time.Now().Add(time.Second)
 	var wait []chan struct{}
 	for _, r := range b.receivers {
-		_ = r.ws.WriteControl(websocket.CloseMessage, msg, deadline)
-		_ = r.ws.Close()
+		if r.sse != nil {
+			r.sse.close() // the server sees its client go away
+		} else {
+			_ = r.ws.WriteControl(websocket.CloseMessage, msg, deadline)
+			_ = r.ws.Close()
+		}
 		wait = append(wait, r.done)
 	}
 	for _, s := range b.senders {
