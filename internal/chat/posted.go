@@ -88,8 +88,12 @@ func (n *Node) deliver(d broker.Delivery) {
 		return // ended since the other node looked it up
 	}
 	if !s.Submit(d.Payload) {
-		// The client posted on regardless of its replies: tell it, as a
-		// local POST would have been told with 429.
-		s.client.EnqueueReply(encodeReply(nil, nil, errInboxFull))
+		// The client posted on regardless of its replies: each command is
+		// answered rate_limited (by id when it has one), as the commands
+		// of a WebSocket frame over the rate limit would be.
+		for line := range protocol.Lines(d.Payload) {
+			cmd, _ := protocol.DecodeCommand(line)
+			s.client.EnqueueReply(encodeReply(cmd.ID, nil, errInboxFull))
+		}
 	}
 }

@@ -105,7 +105,7 @@ func (r *room) since(seq int64) ([]recentMessage, bool) {
 // member is a client in a room and what its join reply covered: later
 // messages are delivered to it.
 type member struct {
-	client *Client
+	client            *Client
 	protocol.Position // where the member is in the room's sequence
 }
 

@@ -342,3 +342,18 @@ func TestSSESessionsLeaveNoGoroutines(t *testing.T) {
 			chattest.ConnGoroutines(t, chat.LabelStream, chat.LabelCommands) == 0
 	})
 }
+
+// A stream lasts as long as its session: no request timeout of go-zero's
+// (Timeout, 3 s by default) or of net/http cuts it.
+func TestSSEStreamOutlivesTheRequestTimeout(t *testing.T) {
+	s := chattest.Start(t, fast, func(c *config.Config) { c.Timeout = 1000 })
+	sse := s.DialSSEName(t, "ann")
+	sse.Join("lobby")
+	time.Sleep(2500 * time.Millisecond)
+	if seq := sse.Say("lobby", "still here"); seq != 1 {
+		t.Fatalf("seq %d", seq)
+	}
+	if m := sse.Message("lobby"); m.Text != "still here" {
+		t.Fatalf("got %+v", m)
+	}
+}

@@ -86,7 +86,6 @@ type stream struct {
 	abort   sync.Once
 
 	lastWrite time.Time
-	buf       []byte
 }
 
 // Schedule is hub.Writer's: the outbox has something and the claim is ours.
@@ -160,38 +159,47 @@ func (s *stream) run(ctx context.Context, pingInterval time.Duration) {
 // flush writes everything queued as one SSE event, one JSON object per
 // data: line (an EventSource joins them with "\n", so the client splits
 // as it splits a WebSocket frame), and the close event when the session
-// is closing. It reports whether the stream goes on.
+// is closing. It reports whether the stream goes on. The events go
+// straight into the response's own buffer (net/http's, 4 KiB): a stream
+// keeps no buffer of its own between writes.
 func (s *stream) flush() bool {
 	s.hurried.Store(false)
 	b := s.client.Take()
-	buf := s.buf[:0]
-	for _, event := range b.Events {
-		buf = appendData(buf, event)
-	}
-	if len(b.Events) > 0 {
-		buf = append(buf, '\n')
+	ok := true
+	if len(b.Events) > 0 || (b.Close != nil && b.Close.Code != 0) {
+		_ = s.rc.SetWriteDeadline(time.Now().Add(writeWait))
+		for _, event := range b.Events {
+			ok = ok && s.data(event)
+		}
+		if len(b.Events) > 0 {
+			ok = ok && s.raw(newline)
+		}
+		if b.Close != nil && b.Close.Code != 0 {
+			closing := protocol.MustEncode(protocol.Close{Type: "close", Code: b.Close.Code, Reason: b.Close.Text})
+			ok = ok && s.data(closing) && s.raw(newline)
+		}
+		ok = ok && s.rc.Flush() == nil
+		if ok {
+			s.lastWrite = time.Now()
+		}
 	}
 	clear(b.Events) // an idle session must not keep its last events alive
-	if b.Close != nil && b.Close.Code != 0 {
-		closing := protocol.MustEncode(protocol.Close{Type: "close", Code: b.Close.Code, Reason: b.Close.Text})
-		buf = append(appendData(buf, closing), '\n')
-	}
-	ok := len(buf) == 0 || s.write(buf)
-	if cap(buf) <= maxKeptBuffer {
-		s.buf = buf
-	} else {
-		s.buf = nil
-	}
 	return ok && b.Close == nil
 }
 
-// maxKeptBuffer is the largest buffer a stream keeps between writes.
-const maxKeptBuffer = 64 << 10
+var (
+	dataPrefix = []byte("data: ")
+	newline    = []byte("\n")
+)
 
-func appendData(dst, event []byte) []byte {
-	dst = append(dst, "data: "...)
-	dst = append(dst, event...)
-	return append(dst, '\n')
+// data writes one data: line.
+func (s *stream) data(event []byte) bool {
+	return s.raw(dataPrefix) && s.raw(event) && s.raw(newline)
+}
+
+func (s *stream) raw(b []byte) bool {
+	_, err := s.w.Write(b)
+	return err == nil
 }
 
 // write sends b and flushes it to the client, within writeWait.
