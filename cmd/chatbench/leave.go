@@ -44,6 +44,12 @@ type leaveReplica struct {
 // WebSocket URL: the REST API is served by the same listener, under /api
 // (ws:// gives http://, wss:// https://; the WebSocket's path is dropped).
 func membersURL(wsURL, room string) (string, error) {
+	return replicaURL(wsURL, "/api/rooms/"+room+"/members", "limit=1")
+}
+
+// replicaURL is the HTTP URL of path on the listener of a replica's
+// WebSocket URL.
+func replicaURL(wsURL, path, query string) (string, error) {
 	u, err := url.Parse(wsURL)
 	if err != nil {
 		return "", err
@@ -52,8 +58,7 @@ func membersURL(wsURL, room string) (string, error) {
 	if scheme == "" || u.Host == "" {
 		return "", fmt.Errorf("%q: want a ws:// or wss:// URL with a host", wsURL)
 	}
-	m := url.URL{Scheme: scheme, Host: u.Host, Path: "/api/rooms/" + room + "/members", RawQuery: "limit=1"}
-	return m.String(), nil
+	return (&url.URL{Scheme: scheme, Host: u.Host, Path: path, RawQuery: query}).String(), nil
 }
 
 // parseMembersCount reads count from a members reply,

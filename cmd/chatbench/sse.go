@@ -48,15 +48,7 @@ const (
 // membersURL does its REST API: ws:// gives http://, wss:// https://, and
 // the path is /sse (the WebSocket's path is dropped).
 func sseURL(wsURL string) (string, error) {
-	u, err := url.Parse(wsURL)
-	if err != nil {
-		return "", err
-	}
-	scheme := map[string]string{"ws": "http", "wss": "https"}[u.Scheme]
-	if scheme == "" || u.Host == "" {
-		return "", fmt.Errorf("%q: want a ws:// or wss:// URL with a host", wsURL)
-	}
-	return (&url.URL{Scheme: scheme, Host: u.Host, Path: "/sse"}).String(), nil
+	return replicaURL(wsURL, "/sse", "")
 }
 
 // commandsURL is where a session's commands are posted, on the replica of

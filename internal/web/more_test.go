@@ -143,17 +143,7 @@ func TestResumesWithoutGapsAfterConnectionDrop(t *testing.T) {
 		t.Fatalf("%s notices after a recovered resume, want none (nothing was reloaded)", n)
 	}
 	// The resend used the same idempotency key: the server has it once.
-	var h struct {
-		Messages []struct{ Text string } `json:"messages"`
-	}
-	bob.OK("history", map[string]any{"room": "lobby"}, &h)
-	n := 0
-	for _, m := range h.Messages {
-		if m.Text == "typed while offline" {
-			n++
-		}
-	}
-	if n != 1 {
+	if n := historyCount(t, bob, "lobby", "typed while offline"); n != 1 {
 		t.Fatalf("server history has the resent message %d times", n)
 	}
 }
@@ -288,4 +278,20 @@ func TestChangeNameAtPhoneWidth(t *testing.T) {
 	if fmt.Sprint(r.Members) != "[{alicia 1} {bob 1}]" {
 		t.Fatalf("members seen by the server: %+v", r.Members)
 	}
+}
+
+// historyCount counts the messages of room's history with text.
+func historyCount(t *testing.T, c *chattest.Client, room, text string) int {
+	t.Helper()
+	var h struct {
+		Messages []struct{ Text string } `json:"messages"`
+	}
+	c.OK("history", map[string]any{"room": room}, &h)
+	n := 0
+	for _, m := range h.Messages {
+		if m.Text == text {
+			n++
+		}
+	}
+	return n
 }

@@ -393,17 +393,7 @@ func TestSSEResumesWithoutGapsAfterStreamDrop(t *testing.T) {
 		t.Fatalf("client %q before the drop, %q after: want a new session", before.Client, after.Client)
 	}
 	// The resend used the same idempotency key: the server has it once.
-	var h struct {
-		Messages []struct{ Text string } `json:"messages"`
-	}
-	bob.OK("history", map[string]any{"room": "lobby"}, &h)
-	n := 0
-	for _, m := range h.Messages {
-		if m.Text == "typed while offline" {
-			n++
-		}
-	}
-	if n != 1 {
+	if n := historyCount(t, bob, "lobby", "typed while offline"); n != 1 {
 		t.Fatalf("server history has the resent message %d times", n)
 	}
 }
