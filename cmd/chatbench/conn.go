@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"time"
 
+	"chat/internal/protocol"
+
 	"github.com/gorilla/websocket"
 )
 
@@ -61,18 +63,14 @@ func readWelcome(ws *websocket.Conn) (rest [][]byte, err error) {
 	return lines[1:], nil
 }
 
-// joinResult is what chatbench needs from a join reply.
+// joinResult is what chatbench needs from a join reply: of the result
+// (protocol.JoinResult), only the room's position, which protocol.Position
+// decodes from the same fields.
 type joinResult struct {
-	Type   string          `json:"type"`
-	ID     json.RawMessage `json:"id"`
-	Result *struct {
-		Epoch string `json:"epoch"`
-		Seq   int64  `json:"seq"`
-	} `json:"result"`
-	Error *struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
+	Type   string             `json:"type"`
+	ID     json.RawMessage    `json:"id"`
+	Result *protocol.Position `json:"result"`
+	Error  *protocol.Error    `json:"error"`
 }
 
 // join sends a join command and reads until its reply. It returns the room's

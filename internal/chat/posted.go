@@ -66,6 +66,9 @@ var (
 
 // refusal says why Submit refused a frame.
 func (s *Session) refusal() error {
+	if s.inbox == nil {
+		return errSessionClosed
+	}
 	s.inbox.mu.Lock()
 	defer s.inbox.mu.Unlock()
 	if s.inbox.stopped {

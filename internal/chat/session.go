@@ -39,7 +39,7 @@ type Session struct {
 	rooms          map[string]struct{} // rooms joined
 	userSubscribed bool                // Start took a reference on the user's topic
 
-	inbox inbox
+	inbox *inbox // commands posted over HTTP; nil for a WebSocket (its reader runs them)
 	ended sync.Once
 }
 
@@ -125,6 +125,7 @@ func (n *Node) Open(user string, t Transport, opts SessionOptions) *Session {
 		_, _ = rand.Read(b[:])
 		s.key = hex.EncodeToString(b[:])
 		s.presence.KeyHash = keyHash(s.key)
+		s.inbox = &inbox{}
 	}
 	n.mu.Lock()
 	n.sessions[id] = s
@@ -220,7 +221,9 @@ func (s *Session) End() {
 }
 
 func (s *Session) end() {
-	s.inbox.stop()
+	if s.inbox != nil {
+		s.inbox.stop()
+	}
 	s.client.Close(hub.CloseRequest{}) // the peer is gone: a writer finishes the socket
 	n := s.node
 	n.hub.Unregister(s.client)
@@ -254,7 +257,7 @@ func (s *Session) Finish() {
 // order after those queued before it, and reports whether the session
 // takes them (false once it has ended).
 func (s *Session) Submit(frame []byte) bool {
-	return s.inbox.push(frame, s.runInbox)
+	return s.inbox != nil && s.inbox.push(frame, s.runInbox)
 }
 
 // runInbox runs the inbox's frames in a goroutine that ends when the

@@ -187,6 +187,14 @@ type leaveRequest struct {
 	done   chan struct{}
 }
 
+// handle applies a delivery in the loop.
+func (h *Hub) handle(d broker.Delivery) {
+	if d.Kind == broker.KindKick {
+		h.flush() // what the kicked user was sent before goes first
+	}
+	h.deliver(d)
+}
+
 // Run is the Hub's loop. It returns when Stop is called.
 func (h *Hub) Run() {
 	defer close(h.done)
@@ -206,11 +214,13 @@ func (h *Hub) Run() {
 			h.flush()
 			close(req.done)
 		case d := <-h.deliveries:
-			if d.Kind == broker.KindKick {
-				h.flush() // what the kicked user was sent before goes first
-			}
-			h.deliver(d)
+			h.handle(d)
 		case req := <-h.closeAll:
+			// Deliveries handed over before the close was asked for are
+			// "what is queued": select would otherwise pick either.
+			for range len(h.deliveries) {
+				h.handle(<-h.deliveries)
+			}
 			h.flush()
 			for c := range h.clients {
 				c.Close(req)

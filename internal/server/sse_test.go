@@ -357,3 +357,27 @@ func TestSSEStreamOutlivesTheRequestTimeout(t *testing.T) {
 		t.Fatalf("got %+v", m)
 	}
 }
+
+// The stream's response, written by the service itself once it takes the
+// connection over, carries the headers of every response (SPEC §11) and
+// those of an event stream.
+func TestSSEResponseCarriesTheStreamAndSecurityHeaders(t *testing.T) {
+	s := chattest.Start(t)
+	c := s.DialSSEName(t, "ann")
+	h := c.SSE.Resp.Header
+	for name, want := range map[string]string{
+		"Content-Type":            "text/event-stream",
+		"Cache-Control":           "no-cache",
+		"X-Content-Type-Options":  "nosniff",
+		"Referrer-Policy":         "no-referrer",
+		"X-Accel-Buffering":       "no",
+		"Content-Security-Policy": "frame-ancestors 'none'",
+	} {
+		if got := h.Get(name); !strings.Contains(got, want) {
+			t.Errorf("%s: %q, want %q in it", name, got, want)
+		}
+	}
+	if c.SSE.Resp.ProtoMajor != 1 || c.SSE.Resp.ProtoMinor != 1 {
+		t.Errorf("proto %s", c.SSE.Resp.Proto)
+	}
+}

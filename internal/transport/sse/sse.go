@@ -4,14 +4,22 @@
 // on any replica (Node.PostCommands). The session is the same as a
 // WebSocket's; only the carrying differs.
 //
-// A stream's handler stays in its request for the session's life (an SSE
-// response cannot be handed off the way a hijacked WebSocket is), so each
-// stream counts against go-zero's MaxConns and, while it lasts, as a
-// request in flight.
+// Over HTTP/1.1 the stream takes the connection over (Hijack), as a
+// WebSocket does, and the handler returns at once: the stream then holds
+// no go-zero MaxConns slot and no request in flight, its goroutine starts
+// with a small stack instead of the one the middleware chain grew, and its
+// socket gets the WebSocket's bounded send buffer and reset (SPEC §11).
+// The response is written by the service itself: the headers go-zero and
+// the service set (content type, security headers), then the events, the
+// body ending when the connection closes (RFC 9112 §6.3). Over HTTP/2,
+// which cannot be hijacked, the stream stays in its request and writes
+// through net/http.
 package sse
 
 import (
-	"context"
+	"bytes"
+	"io"
+	"net"
 	"net/http"
 	"runtime/pprof"
 	"sync"
@@ -22,6 +30,8 @@ import (
 	"chat/internal/config"
 	"chat/internal/hub"
 	"chat/internal/protocol"
+
+	"github.com/zeromicro/go-zero/core/logx"
 )
 
 // writeWait bounds one write to the stream; a reader that takes longer is gone.
@@ -47,38 +57,81 @@ func (t *Transport) ServeSSE(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	pprof.SetGoroutineLabels(labelsStream)
-	defer pprof.SetGoroutineLabels(context.Background()) // net/http reuses the goroutine
 	s := &stream{
-		w:         w,
-		rc:        http.NewResponseController(w),
 		window:    t.cfg.CoalesceWindow,
+		ping:      t.cfg.PingInterval,
 		work:      make(chan struct{}, 1),
 		aborted:   make(chan struct{}),
 		lastWrite: time.Now().Add(-time.Hour),
 	}
-	session := t.node.Open(user, s, chat.SessionOptions{Commanded: true})
-	defer func() {
-		session.End()
-		session.Finish()
-	}()
-	s.client = session.Outbox()
 	// Proxies that buffer responses (nginx) would hold events back.
 	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	s.client.SetWriter(s)
-	session.Start() // on failure the close event is queued
-	s.run(r.Context(), t.cfg.PingInterval)
+	conn, err := hijack(w)
+	if err != nil { // HTTP/2: stream in the request
+		s.out = &responseOut{w: w, rc: http.NewResponseController(w)}
+		w.WriteHeader(http.StatusOK)
+		s.session = t.node.Open(user, s, chat.SessionOptions{Commanded: true})
+		pprof.SetGoroutineLabels(labelsStream)
+		defer pprof.SetGoroutineLabels(r.Context()) // net/http reuses the goroutine
+		s.serve(r.Context().Done())
+		return
+	}
+	out := &connOut{conn: conn, tcp: tcpConn(conn), header: responseHead(w.Header()), gone: make(chan struct{})}
+	if out.tcp != nil && t.cfg.SendBufferBytes > 0 {
+		_ = out.tcp.SetWriteBuffer(t.cfg.SendBufferBytes)
+	}
+	s.out = out
+	s.session = t.node.Open(user, s, chat.SessionOptions{Commanded: true})
+	go out.watch()
+	go func() {
+		pprof.SetGoroutineLabels(labelsStream)
+		s.serve(out.gone)
+	}()
 }
 
-// stream writes one session's outbox to its response. Its run, in the
-// request's goroutine, is the only writer of the response: events, the
-// heartbeat and the close event.
+// hijack takes the connection over from net/http, or fails (HTTP/2).
+func hijack(w http.ResponseWriter) (net.Conn, error) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil, err
+	}
+	if brw.Reader.Buffered() > 0 { // a client that pipelined a request behind its GET
+		_ = conn.Close()
+		return nil, net.ErrClosed
+	}
+	return conn, nil
+}
+
+// responseHead is the response's status line and headers: those set so
+// far (go-zero's event-stream headers, the security headers), and a body
+// that ends when the connection closes.
+func responseHead(h http.Header) []byte {
+	var b bytes.Buffer
+	b.WriteString("HTTP/1.1 200 OK\r\n")
+	h = h.Clone()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("Connection", "close")
+	h.Del("Content-Length")
+	h.Del("Transfer-Encoding")
+	_ = h.Write(&b)
+	b.WriteString("\r\n")
+	return b.Bytes()
+}
+
+func tcpConn(conn net.Conn) *net.TCPConn {
+	tcp, _ := conn.(*net.TCPConn)
+	return tcp
+}
+
+// stream writes one session's outbox to the client. Its serve is the only
+// writer of the response: events, the heartbeat and the close event.
 type stream struct {
-	w      http.ResponseWriter
-	rc     *http.ResponseController
-	client *hub.Client
-	window time.Duration // Chat.CoalesceWindow, as for a WebSocket
+	session *chat.Session
+	client  *hub.Client
+	out     output
+	window  time.Duration // Chat.CoalesceWindow, as for a WebSocket
+	ping    time.Duration // Chat.PingInterval
 
 	work    chan struct{} // capacity 1: Schedule or Hurry was called
 	hurried atomic.Bool
@@ -86,6 +139,26 @@ type stream struct {
 	abort   sync.Once
 
 	lastWrite time.Time
+}
+
+// output is where a stream writes: a hijacked connection, or the request's
+// response (HTTP/2).
+type output interface {
+	write(b []byte) error // all of b, within writeWait
+	cut()                 // make a write in progress fail at once (the drain deadline)
+	end(reset bool)       // the stream is over; reset: drop what the kernel holds
+}
+
+// serve starts the session and streams it until it ends (gone: the client
+// went away), then ends it.
+func (s *stream) serve(gone <-chan struct{}) {
+	s.client = s.session.Outbox()
+	s.client.SetWriter(s)
+	s.session.Start() // on failure the close event is queued
+	reset := s.run(gone)
+	s.session.End()
+	s.out.end(reset)
+	s.session.Finish()
 }
 
 // Schedule is hub.Writer's: the outbox has something and the claim is ours.
@@ -109,7 +182,7 @@ func (s *stream) signal() {
 func (s *stream) Abort() {
 	s.abort.Do(func() {
 		close(s.aborted)
-		_ = s.rc.SetWriteDeadline(time.Now())
+		s.out.cut()
 	})
 }
 
@@ -118,9 +191,10 @@ func (s *stream) Abort() {
 var heartbeat = []byte(": ping\n\n")
 
 // run writes until the session closes (its close event is the last), the
-// client goes away, or a write fails.
-func (s *stream) run(ctx context.Context, pingInterval time.Duration) {
-	ping := time.NewTicker(pingInterval)
+// client goes away, or a write fails. It reports whether the socket should
+// be reset rather than closed: the client was not reading.
+func (s *stream) run(gone <-chan struct{}) (reset bool) {
+	ping := time.NewTicker(s.ping)
 	defer ping.Stop()
 	window := time.NewTimer(time.Hour)
 	window.Stop()
@@ -133,14 +207,14 @@ func (s *stream) run(ctx context.Context, pingInterval time.Duration) {
 		case <-window.C:
 			waiting = false
 		case <-ping.C:
-			if !s.write(heartbeat) {
-				return
+			if s.write(heartbeat) != nil {
+				return true
 			}
 			continue
-		case <-ctx.Done():
-			return
+		case <-gone:
+			return false
 		case <-s.aborted:
-			return
+			return true
 		}
 		for claimed && !waiting {
 			if wait := s.window - time.Since(s.lastWrite); wait > 0 && !s.hurried.Load() {
@@ -148,69 +222,130 @@ func (s *stream) run(ctx context.Context, pingInterval time.Duration) {
 				waiting = true
 				break
 			}
-			if !s.flush() {
-				return
+			more, reset := s.flush()
+			if !more {
+				return reset
 			}
 			claimed = !s.client.Idle()
 		}
 	}
 }
 
+// buffers assemble what a flush writes; a stream keeps none between writes.
+var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledBuffer is the largest buffer put back in the pool.
+const maxPooledBuffer = 64 << 10
+
 // flush writes everything queued as one SSE event, one JSON object per
 // data: line (an EventSource joins them with "\n", so the client splits
 // as it splits a WebSocket frame), and the close event when the session
-// is closing. It reports whether the stream goes on. The events go
-// straight into the response's own buffer (net/http's, 4 KiB): a stream
-// keeps no buffer of its own between writes.
-func (s *stream) flush() bool {
+// is closing, in one write. It reports whether the stream goes on, and
+// when it does not whether to reset the socket.
+func (s *stream) flush() (more, reset bool) {
 	s.hurried.Store(false)
 	b := s.client.Take()
-	ok := true
-	if len(b.Events) > 0 || (b.Close != nil && b.Close.Code != 0) {
-		_ = s.rc.SetWriteDeadline(time.Now().Add(writeWait))
-		for _, event := range b.Events {
-			ok = ok && s.data(event)
+	buf := buffers.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= maxPooledBuffer {
+			buf.Reset()
+			buffers.Put(buf)
 		}
-		if len(b.Events) > 0 {
-			ok = ok && s.raw(newline)
-		}
-		if b.Close != nil && b.Close.Code != 0 {
-			closing := protocol.MustEncode(protocol.Close{Type: "close", Code: b.Close.Code, Reason: b.Close.Text})
-			ok = ok && s.data(closing) && s.raw(newline)
-		}
-		ok = ok && s.rc.Flush() == nil
-		if ok {
-			s.lastWrite = time.Now()
-		}
+	}()
+	for _, event := range b.Events {
+		appendData(buf, event)
+	}
+	if len(b.Events) > 0 {
+		buf.WriteByte('\n')
 	}
 	clear(b.Events) // an idle session must not keep its last events alive
-	return ok && b.Close == nil
-}
-
-var (
-	dataPrefix = []byte("data: ")
-	newline    = []byte("\n")
-)
-
-// data writes one data: line.
-func (s *stream) data(event []byte) bool {
-	return s.raw(dataPrefix) && s.raw(event) && s.raw(newline)
-}
-
-func (s *stream) raw(b []byte) bool {
-	_, err := s.w.Write(b)
-	return err == nil
-}
-
-// write sends b and flushes it to the client, within writeWait.
-func (s *stream) write(b []byte) bool {
-	_ = s.rc.SetWriteDeadline(time.Now().Add(writeWait))
-	if _, err := s.w.Write(b); err != nil {
-		return false
+	closing := b.Close != nil && b.Close.Code != 0
+	if closing {
+		appendData(buf, protocol.MustEncode(protocol.Close{Type: "close", Code: b.Close.Code, Reason: b.Close.Text}))
+		buf.WriteByte('\n')
 	}
-	if err := s.rc.Flush(); err != nil {
-		return false
+	if buf.Len() > 0 && s.write(buf.Bytes()) != nil {
+		return false, true
+	}
+	if b.Close != nil {
+		// A slow consumer is not reading: what the kernel still holds for
+		// it goes with a reset, not a close that would keep it for minutes.
+		return false, b.Close.Code == protocol.CloseSlowConsumer
+	}
+	return true, false
+}
+
+func appendData(buf *bytes.Buffer, event []byte) {
+	buf.WriteString("data: ")
+	buf.Write(event)
+	buf.WriteByte('\n')
+}
+
+func (s *stream) write(b []byte) error {
+	if err := s.out.write(b); err != nil {
+		return err
 	}
 	s.lastWrite = time.Now()
-	return true
+	return nil
 }
+
+// connOut writes to a hijacked connection: the response's head first.
+type connOut struct {
+	conn   net.Conn
+	tcp    *net.TCPConn // nil: not TCP (TLS)
+	header []byte       // sent with the first write
+	gone   chan struct{}
+}
+
+func (o *connOut) write(b []byte) error {
+	_ = o.conn.SetWriteDeadline(time.Now().Add(writeWait))
+	if o.header != nil {
+		_, err := o.conn.Write(append(o.header, b...))
+		o.header = nil
+		return err
+	}
+	_, err := o.conn.Write(b)
+	return err
+}
+
+func (o *connOut) cut() {
+	if o.tcp != nil {
+		_ = o.tcp.SetLinger(0)
+	}
+	_ = o.conn.SetWriteDeadline(time.Now())
+}
+
+func (o *connOut) end(reset bool) {
+	if reset && o.tcp != nil {
+		_ = o.tcp.SetLinger(0)
+	}
+	if err := o.conn.Close(); err != nil {
+		logx.Debugf("sse: close: %v", err)
+	}
+}
+
+// watch waits for the client to go away: an SSE client sends nothing, so
+// a read ends only when the connection does (or the stream closed it).
+func (o *connOut) watch() {
+	pprof.SetGoroutineLabels(labelsStream)
+	_, _ = io.Copy(io.Discard, o.conn)
+	close(o.gone)
+}
+
+// responseOut writes through net/http, in the request (HTTP/2).
+type responseOut struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func (o *responseOut) write(b []byte) error {
+	_ = o.rc.SetWriteDeadline(time.Now().Add(writeWait))
+	if _, err := o.w.Write(b); err != nil {
+		return err
+	}
+	return o.rc.Flush()
+}
+
+func (o *responseOut) cut() { _ = o.rc.SetWriteDeadline(time.Now()) }
+
+func (o *responseOut) end(bool) {}

@@ -74,7 +74,7 @@ func (t *Transport) ServeWS(w http.ResponseWriter, r *http.Request) {
 	sock.SetSendBuffer(t.cfg.SendBufferBytes)
 	c := &Conn{
 		t:         t,
-		sock:      sock,
+		sock:      *sock,
 		ws:        sock.WS,
 		readDone:  make(chan struct{}),
 		writeDone: make(chan struct{}),

@@ -43,8 +43,8 @@ var (
 type Conn struct {
 	t       *Transport
 	session *chat.Session
-	client  *hub.Client // the session's outbox
-	sock    *wsraw.Socket
+	client  *hub.Client  // the session's outbox
+	sock    wsraw.Socket // by value: one object less per idle connection
 	ws      *websocket.Conn
 
 	closing bool // read pump only: a close was requested, frames are ignored

@@ -234,7 +234,7 @@ func (f *flusher) write(c *Conn, now int64) {
 	f.buf, closing = c.take(f.buf[:0])
 	if len(f.buf) > 0 {
 		c.lastWrite = now
-		n, err := f.raw.WriteNow(c.sock, f.buf)
+		n, err := f.raw.WriteNow(&c.sock, f.buf)
 		if err != nil {
 			c.abort() // the peer is gone
 			return
