@@ -63,26 +63,22 @@ func (t *Transport) ServeWS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	sock, err := wsraw.Upgrade(&upgrader, w, r)
-	if err != nil {
+	c := &Conn{t: t}
+	if err := wsraw.UpgradeInto(&c.sock, &upgrader, w, r); err != nil {
 		t.node.Release(user)
 		return // the upgrader answered
 	}
 	// A bounded send buffer makes Chat.MaxQueueBytes the real bound on
 	// what a reader that stalls can pin: the kernel's autotuning would let
 	// it hold megabytes more (SPEC §11).
-	sock.SetSendBuffer(t.cfg.SendBufferBytes)
-	c := &Conn{
-		t:         t,
-		sock:      *sock,
-		ws:        sock.WS,
-		readDone:  make(chan struct{}),
-		writeDone: make(chan struct{}),
-		flusher:   t.flushers[t.next.Add(1)%uint64(len(t.flushers))],
-		handshake: sock.Handshake,
-		timedAt:   -1,
-		lastWrite: math.MinInt64 / 2, // long ago: the first write goes out at once
-	}
+	c.sock.SetSendBuffer(t.cfg.SendBufferBytes)
+	c.ws = c.sock.WS
+	c.readDone = make(chan struct{})
+	c.writeDone = make(chan struct{})
+	c.flusher = t.flushers[t.next.Add(1)%uint64(len(t.flushers))]
+	c.handshake = c.sock.Handshake
+	c.timedAt = -1
+	c.lastWrite = math.MinInt64 / 2 // long ago: the first write goes out at once
 	c.session = t.node.Open(user, c, chat.SessionOptions{})
 	c.client = c.session.Outbox()
 	c.pinger = time.AfterFunc(t.cfg.PingInterval, c.ping)

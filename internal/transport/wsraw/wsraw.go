@@ -51,15 +51,22 @@ type Socket struct {
 // Upgrade upgrades the request with u, whose ReadBufferSize must be 0 (the
 // socket supplies gorilla's read buffer). On failure u has answered.
 func Upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (*Socket, error) {
-	h := &hijacker{ResponseWriter: w}
-	ws, err := u.Upgrade(h, r, nil)
+	s := new(Socket)
+	return s, UpgradeInto(s, u, w, r)
+}
+
+// UpgradeInto is Upgrade filling s, which the caller may hold inside its
+// own connection object: one allocation less per connection.
+func UpgradeInto(s *Socket, u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) error {
+	h := hijacker{ResponseWriter: w}
+	ws, err := u.Upgrade(&h, r, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	s := &Socket{WS: ws, Reader: h.br, Conn: h.conn.Conn, held: h.conn, Handshake: h.conn.take()}
+	*s = Socket{WS: ws, Reader: h.br, Conn: h.conn.Conn, held: h.conn, Handshake: h.conn.take()}
 	s.TCP, _ = h.conn.Conn.(*net.TCPConn)
 	s.Raw = rawConn(h.conn.Conn)
-	return s, nil
+	return nil
 }
 
 // GorillaWroteClose reports whether gorilla wrote to the socket after the
