@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"iter"
+	"strconv"
 )
 
 // Command is any client command (SPEC §3); each type reads the fields it
@@ -49,14 +50,19 @@ func DecodeCommand(line []byte) (Command, *Error) {
 }
 
 // validID: no id, or a JSON string or number (null, objects, arrays and
-// booleans are not ids).
+// booleans are not ids). A number must be one a client can read back: one
+// beyond float64's range (1e700) would be Infinity to JavaScript, and an
+// answer no client could match.
 func validID(id json.RawMessage) bool {
 	if len(id) == 0 {
 		return true
 	}
 	switch id[0] {
-	case '"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+	case '"':
 		return true
+	case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+		_, err := strconv.ParseFloat(string(id), 64)
+		return err == nil
 	}
 	return false
 }

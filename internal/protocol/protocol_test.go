@@ -39,3 +39,17 @@ func BenchmarkEncodeMessage(b *testing.B) {
 		protocol.MustEncode(m)
 	}
 }
+
+// An id must be a number a client can read back: one beyond float64's
+// range is refused, and the error cannot answer it (found by FuzzDecodeCommand).
+func TestDecodeCommandRefusesAnIDOutOfFloatRange(t *testing.T) {
+	for _, line := range []string{`{"type":"rooms","id":1e700}`, `{"type":"rooms","id":-1e400}`} {
+		cmd, err := protocol.DecodeCommand([]byte(line))
+		if err == nil || err.Code != protocol.CodeBadRequest || cmd.ID != nil {
+			t.Errorf("%s: id %s, err %v; want bad_request without id", line, cmd.ID, err)
+		}
+	}
+	if cmd, err := protocol.DecodeCommand([]byte(`{"type":"rooms","id":1e300}`)); err != nil || string(cmd.ID) != "1e300" {
+		t.Errorf("1e300: %s %v", cmd.ID, err)
+	}
+}
