@@ -18,7 +18,6 @@ package sse
 
 import (
 	"bytes"
-	"io"
 	"net"
 	"net/http"
 	"runtime/pprof"
@@ -83,9 +82,19 @@ func (t *Transport) ServeSSE(w http.ResponseWriter, r *http.Request) {
 	s.out = out
 	s.session = t.node.Open(user, s, chat.SessionOptions{Commanded: true})
 	go out.watch()
+	go s.start(out.gone)
+}
+
+// start starts the session, then leaves the streaming to a fresh
+// goroutine: starting (the broker, the welcome) grows a goroutine's stack
+// to several KiB, which it would keep for the session's life.
+func (s *stream) start(gone <-chan struct{}) {
+	s.client = s.session.Outbox()
+	s.client.SetWriter(s)
+	s.session.Start() // on failure the close event is queued
 	go func() {
 		pprof.SetGoroutineLabels(labelsStream)
-		s.serve(out.gone)
+		s.stream(gone)
 	}()
 }
 
@@ -149,12 +158,17 @@ type output interface {
 	end(reset bool)       // the stream is over; reset: drop what the kernel holds
 }
 
-// serve starts the session and streams it until it ends (gone: the client
-// went away), then ends it.
+// serve starts the session and streams it, in the request (HTTP/2).
 func (s *stream) serve(gone <-chan struct{}) {
 	s.client = s.session.Outbox()
 	s.client.SetWriter(s)
 	s.session.Start() // on failure the close event is queued
+	s.stream(gone)
+}
+
+// stream writes until the session ends (gone: the client went away), then
+// ends it.
+func (s *stream) stream(gone <-chan struct{}) {
 	reset := s.run(gone)
 	s.session.End()
 	s.out.end(reset)
@@ -328,8 +342,13 @@ func (o *connOut) end(reset bool) {
 // a read ends only when the connection does (or the stream closed it).
 func (o *connOut) watch() {
 	pprof.SetGoroutineLabels(labelsStream)
-	_, _ = io.Copy(io.Discard, o.conn)
-	close(o.gone)
+	var b [64]byte // not io.Discard's pooled 8 KiB, held while the read waits
+	for {
+		if _, err := o.conn.Read(b[:]); err != nil {
+			close(o.gone)
+			return
+		}
+	}
 }
 
 // responseOut writes through net/http, in the request (HTTP/2).
