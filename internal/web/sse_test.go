@@ -369,24 +369,7 @@ func TestSSEResumesWithoutGapsAfterStreamDrop(t *testing.T) {
 			t.Fatalf("EventSource states %v: an old stream was left to reconnect by itself", streams)
 		}
 	}
-	alice.waitMessage("alice", "typed while offline")
-	bob.WaitFor("message", func(e chattest.Event) bool { return e.Str("text") == "typed while offline" })
-	bob.Say("lobby", "m6")
-	alice.waitMessage("bob", "m6")
-
-	msgs := alice.messages()
-	want := []string{"m1", "m2", "m3", "m4", "m5", "typed while offline", "m6"}
-	if strings.Join(texts(msgs), "|") != strings.Join(want, "|") {
-		t.Fatalf("messages: %q, want %q", texts(msgs), want)
-	}
-	for i, m := range msgs {
-		if m.Seq != strconv.Itoa(i+1) || strings.Contains(m.Classes, "failed") {
-			t.Fatalf("message %d: %+v, want seq %d, delivered", i, m, i+1)
-		}
-	}
-	if n := alice.str(`String(document.querySelectorAll('#messages .notice').length)`); n != "0" {
-		t.Fatalf("%s notices after a recovered resume, want none (nothing was reloaded)", n)
-	}
+	resumedWithoutGaps(t, alice, bob)
 	var after struct{ Client string }
 	alice.eval(`window.chat.state()`, &after)
 	if after.Client == "" || after.Client == before.Client {
