@@ -9,26 +9,63 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
+	"time"
 
 	"chat/internal/protocol"
 
 	"github.com/zeromicro/go-zero/rest/httpx"
 )
 
-type userKey struct{}
-
-// WithUser records the user that token auth established for a request.
-func WithUser(ctx context.Context, user string) context.Context {
-	return context.WithValue(ctx, userKey{}, user)
+// Identity is who a request speaks for: the user, and what a token says
+// of it (SPEC §13).
+type Identity struct {
+	User string
+	// Rooms are the token's rooms claim: patterns (path.Match) of private
+	// rooms the user may enter; nil without a token or without the claim.
+	Rooms []string
+	// Expires is the token's exp; zero: no token, or no exp.
+	Expires time.Time
 }
 
-// TokenUser is the user token auth established, if any.
-func TokenUser(ctx context.Context) (string, bool) {
-	user, ok := ctx.Value(userKey{}).(string)
-	return user, ok
+// MayEnter reports whether the identity's token covers room.
+func (id Identity) MayEnter(room string) bool { return MatchAny(id.Rooms, room) }
+
+// MatchAny reports whether room matches one of patterns (path.Match).
+func MatchAny(patterns []string, room string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, room); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckPatterns reports the first pattern path.Match refuses.
+func CheckPatterns(patterns []string) error {
+	for _, p := range patterns {
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("bad room pattern %q: %w", p, err)
+		}
+	}
+	return nil
+}
+
+type identityKey struct{}
+
+// WithIdentity records what token auth established for a request.
+func WithIdentity(ctx context.Context, id Identity) context.Context {
+	return context.WithValue(ctx, identityKey{}, id)
+}
+
+// TokenIdentity is what token auth established, if it ran.
+func TokenIdentity(ctx context.Context) (Identity, bool) {
+	id, ok := ctx.Value(identityKey{}).(Identity)
+	return id, ok
 }
 
 // WriteError answers a refused request with the JSON error body of the REST API.
@@ -36,20 +73,21 @@ func WriteError(w http.ResponseWriter, r *http.Request, status int, code, messag
 	httpx.WriteJsonCtx(r.Context(), w, status, protocol.Error{Code: code, Message: message})
 }
 
-// User is the session's user: the token's when auth established one, else
-// the normalized ?name=, else a guest name. A bad name is a protocol error
-// (400 before the session opens).
-func User(r *http.Request) (string, error) {
-	if user, ok := TokenUser(r.Context()); ok {
-		return user, nil
+// Resolve is the session's identity: the token's when auth established
+// one, else the normalized ?name=, else a guest name. A bad name is a
+// protocol error (400 before the session opens).
+func Resolve(r *http.Request) (Identity, error) {
+	if id, ok := TokenIdentity(r.Context()); ok {
+		return id, nil
 	}
 	name := r.URL.Query().Get("name")
 	if strings.TrimSpace(name) == "" {
 		var b [4]byte
 		_, _ = rand.Read(b[:])
-		return "guest-" + hex.EncodeToString(b[:]), nil
+		return Identity{User: "guest-" + hex.EncodeToString(b[:])}, nil
 	}
-	return protocol.NormalizeName(name)
+	user, err := protocol.NormalizeName(name)
+	return Identity{User: user}, err
 }
 
 // OriginAllowed: no Origin (not a browser), the page's own host, or one of

@@ -83,8 +83,15 @@ type Broker interface {
 	// UserConnections counts a user's connections on every node.
 	UserConnections(ctx context.Context, user string) (int, error)
 	// Session finds a live connection (Connect, not yet Disconnect nor
-	// expired) by its client id, on any node: its node and key hash.
+	// expired) by its client id, on any node: its node, user and key hash.
 	Session(ctx context.Context, client string) (Conn, bool, error)
+
+	// Grant, Revoke, Grants and HasGrant keep who may enter a private room
+	// (SPEC §13). Grants are durable: no TTL, they outlive every node.
+	Grant(ctx context.Context, room, user string) error
+	Revoke(ctx context.Context, room, user string) error
+	Grants(ctx context.Context, room string) ([]string, error) // sorted
+	HasGrant(ctx context.Context, room, user string) (bool, error)
 
 	// Ping reports whether the backbone answers.
 	Ping(ctx context.Context) error
@@ -177,6 +184,11 @@ const (
 	// KindCommand: a frame of commands (Payload) posted over HTTP for the
 	// session Client, which lives on the node of the topic (a TopicNode).
 	KindCommand
+	// KindSubscribe / KindUnsubscribe: join every connection of Topic's
+	// user to Room, or remove them from it (SPEC §13: a grant or a revoke
+	// of the admin API). Best effort, like KindEvent.
+	KindSubscribe
+	KindUnsubscribe
 )
 
 // Delivery is what a node receives from the backbone.
@@ -188,7 +200,8 @@ type Delivery struct {
 	Exclude string           // a client id that must not receive it
 	User    string           // KindPresence
 	Joined  bool             // KindPresence: joined, else left
-	Client  string           // KindCommand: the session
+	Client  string           // KindCommand: the session; KindEvent and KindKick on a TopicNode: the one connection
+	Room    string           // KindSubscribe, KindUnsubscribe
 }
 
 // Topic names what a subscription or event is about.

@@ -45,13 +45,17 @@ func (s *Session) handleCommand(line []byte) {
 	case "typing":
 		result, err = s.typing(ctx, &cmd)
 	case "history":
-		var msgs []protocol.Message
-		msgs, err = s.node.History(ctx, cmd.Room, cmd.Before, cmd.Limit)
-		result = protocol.HistoryResult{Room: cmd.Room, Messages: msgs}
+		if err = s.access(ctx, cmd.Room); err == nil {
+			var msgs []protocol.Message
+			msgs, err = s.node.History(ctx, cmd.Room, cmd.Before, cmd.Limit)
+			result = protocol.HistoryResult{Room: cmd.Room, Messages: msgs}
+		}
 	case "members":
-		var page broker.MembersPage
-		page, err = s.node.Members(ctx, cmd.Room, cmd.After, cmd.Limit)
-		result = protocol.MembersResult{Room: cmd.Room, Members: page.Members, Count: page.Count}
+		if err = s.access(ctx, cmd.Room); err == nil {
+			var page broker.MembersPage
+			page, err = s.node.Members(ctx, cmd.Room, cmd.After, cmd.Limit)
+			result = protocol.MembersResult{Room: cmd.Room, Members: page.Members, Count: page.Count}
+		}
 	case "rooms":
 		result, err = s.roomList(ctx)
 	case "":
@@ -87,6 +91,15 @@ func (s *Session) answer(id json.RawMessage, result any, err error) {
 	}
 }
 
+// access checks that the session's user may use room (SPEC §13): at every
+// command, so that a revoked grant takes effect at once.
+func (s *Session) access(ctx context.Context, room string) error {
+	if err := protocol.CheckRoom(room); err != nil {
+		return err
+	}
+	return s.node.Access(ctx, room, s.client.User, s.tokenRooms)
+}
+
 func (s *Session) memberOf(room string) error {
 	if err := protocol.CheckRoom(room); err != nil {
 		return err
@@ -101,8 +114,19 @@ func (s *Session) memberOf(room string) error {
 // before reading its history, so nothing published after the read is
 // missed; the Hub then delivers only what the reply did not hold.
 func (s *Session) join(ctx context.Context, cmd *protocol.Command) error {
+	return s.joinAs(ctx, cmd, joinReply)
+}
+
+// joinReply answers a join command.
+func joinReply(cmd *protocol.Command, res protocol.JoinResult) []byte {
+	return encodeReply(cmd.ID, res, nil)
+}
+
+// joinAs joins as join does, telling the connection with what answer
+// encodes (a reply to its command, or the admin API's subscribed event).
+func (s *Session) joinAs(ctx context.Context, cmd *protocol.Command, answer func(*protocol.Command, protocol.JoinResult) []byte) error {
 	room := cmd.Room
-	if err := protocol.CheckRoom(room); err != nil {
+	if err := s.access(ctx, room); err != nil {
 		return err
 	}
 	_, member := s.rooms[room]
@@ -128,7 +152,7 @@ func (s *Session) join(ctx context.Context, cmd *protocol.Command) error {
 	if n.largeRoom(presence.Count) {
 		page = largeRoomJoinPage
 	}
-	if err := s.joinHub(ctx, cmd, page); err != nil {
+	if err := s.joinHub(ctx, cmd, page, answer); err != nil {
 		if !member {
 			_, _ = n.broker.Leave(ctx, room, s.presence)
 			_ = n.subs.release(ctx, broker.Room(room))
@@ -147,7 +171,7 @@ func (s *Session) join(ctx context.Context, cmd *protocol.Command) error {
 
 // joinHub reads the history and hands the reply to the Hub, again if the Hub
 // delivered messages newer than the read in the meantime.
-func (s *Session) joinHub(ctx context.Context, cmd *protocol.Command, membersPage int) error {
+func (s *Session) joinHub(ctx context.Context, cmd *protocol.Command, membersPage int, answer func(*protocol.Command, protocol.JoinResult) []byte) error {
 	n := s.node
 	for attempt := 0; ; attempt++ {
 		h, err := n.broker.History(ctx, cmd.Room, broker.HistoryQuery{})
@@ -160,7 +184,7 @@ func (s *Session) joinHub(ctx context.Context, cmd *protocol.Command, membersPag
 		}
 		res := protocol.JoinResult{Room: cmd.Room, Epoch: h.Epoch, Seq: h.Seq, Members: nonNil(page.Members), Count: page.Count}
 		res.History, res.Recovered = recoverSince(cmd.Since, h)
-		reply := encodeReply(cmd.ID, res, nil)
+		reply := answer(cmd, res)
 		r, err := n.hub.Join(hub.JoinRequest{Client: s.client, Room: cmd.Room, Epoch: h.Epoch, Seq: h.Seq, Reply: reply})
 		if err != nil {
 			return protocol.Errorf(protocol.CodeUnavailable, "server shutting down")
@@ -264,6 +288,9 @@ func (s *Session) send(ctx context.Context, cmd *protocol.Command) (any, error) 
 	if err := s.memberOf(cmd.Room); err != nil {
 		return nil, err
 	}
+	if err := s.access(ctx, cmd.Room); err != nil {
+		return nil, err
+	}
 	if n := utf8.RuneCountInString(cmd.Key); cmd.Key != "" && n > protocol.MaxKeyChars {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "key must be 1 to %d characters", protocol.MaxKeyChars)
 	}
@@ -288,6 +315,9 @@ func (s *Session) direct(ctx context.Context, cmd *protocol.Command) (any, error
 
 func (s *Session) typing(ctx context.Context, cmd *protocol.Command) (any, error) {
 	if err := s.memberOf(cmd.Room); err != nil {
+		return nil, err
+	}
+	if err := s.access(ctx, cmd.Room); err != nil {
 		return nil, err
 	}
 	event := protocol.MustEncode(protocol.Typing{Type: "typing", Room: cmd.Room, User: s.client.User})

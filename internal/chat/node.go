@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"chat/internal/admission"
 	"chat/internal/broker"
 	"chat/internal/config"
 	"chat/internal/hub"
@@ -59,6 +60,9 @@ type NewBroker func(node string, h broker.Handler) (broker.Broker, error)
 
 // NewNode makes and starts a node.
 func NewNode(cfg config.ChatConf, newBroker NewBroker) (*Node, error) {
+	if err := admission.CheckPatterns(cfg.PublicRooms); err != nil {
+		return nil, fmt.Errorf("Chat.PublicRooms: %w", err)
+	}
 	n := &Node{
 		ID:        NewNodeID(),
 		cfg:       cfg,
@@ -248,6 +252,25 @@ func (n *Node) membersPage() int { return max(n.cfg.PresenceEventLimit, 0) }
 // instead of joined/left (Chat.PresenceEventLimit; 0: never).
 func (n *Node) largeRoom(size int) bool {
 	return n.cfg.PresenceEventLimit > 0 && size > n.cfg.PresenceEventLimit
+}
+
+// Access reports whether user, whose token allows tokenRooms, may use room
+// (SPEC §13): a public room (Chat.PublicRooms), one the token covers, or
+// one the user was granted; else the error forbidden.
+func (n *Node) Access(ctx context.Context, room, user string, tokenRooms []string) error {
+	if admission.MatchAny(n.cfg.PublicRooms, room) || admission.MatchAny(tokenRooms, room) {
+		return nil
+	}
+	ctx, cancel := brokerContext(ctx)
+	defer cancel()
+	ok, err := n.broker.HasGrant(ctx, room, user)
+	if err != nil {
+		return brokerError("grant of "+room, err)
+	}
+	if !ok {
+		return protocol.Errorf(protocol.CodeForbidden, "%s is a private room", room)
+	}
+	return nil
 }
 
 // Rooms lists the rooms with someone present, cluster-wide.

@@ -66,9 +66,6 @@ var (
 
 // refusal says why Submit refused a frame.
 func (s *Session) refusal() error {
-	if s.inbox == nil {
-		return errSessionClosed
-	}
 	s.inbox.mu.Lock()
 	defer s.inbox.mu.Unlock()
 	if s.inbox.stopped {
@@ -77,10 +74,19 @@ func (s *Session) refusal() error {
 	return errInboxFull
 }
 
-// deliver is the node's broker handler: commands forwarded from another
-// node go to their session's inbox, everything else to the Hub.
+// deliver is the node's broker handler: what concerns one session
+// (commands forwarded from another node, a direct message or a kick aimed
+// at one connection) goes to that session, what concerns a user's sessions
+// (a grant's join, a revoke's removal) to each of them, and everything
+// else to the Hub.
 func (n *Node) deliver(d broker.Delivery) {
-	if d.Kind != broker.KindCommand {
+	switch {
+	case d.Kind == broker.KindSubscribe || d.Kind == broker.KindUnsubscribe:
+		for _, s := range n.sessionsOf(d.Topic.Name) {
+			s.serverMembership(d.Room, d.Kind == broker.KindSubscribe)
+		}
+		return
+	case d.Topic.Kind != broker.TopicNode:
 		n.hub.Deliver(d)
 		return
 	}
@@ -89,6 +95,14 @@ func (n *Node) deliver(d broker.Delivery) {
 	n.mu.Unlock()
 	if s == nil {
 		return // ended since the other node looked it up
+	}
+	switch d.Kind {
+	case broker.KindEvent:
+		s.client.Enqueue(d.Payload)
+		return
+	case broker.KindKick:
+		s.Close(protocol.CloseKicked, "kicked")
+		return
 	}
 	if !s.Submit(d.Payload) {
 		// The client posted on regardless of its replies: each command is

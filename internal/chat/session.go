@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"runtime/pprof"
 	"sync"
+	"time"
 
 	"chat/internal/admission"
 	"chat/internal/broker"
@@ -29,17 +30,23 @@ import (
 // session's inbox (Submit, commands posted over HTTP). rooms, the rate
 // limiter and userSubscribed belong to that goroutine.
 type Session struct {
-	node      *Node
-	client    *hub.Client
-	presence  broker.Conn
-	limiter   *tokenBucket
-	transport Transport
-	key       string // an HTTP-commanded session's secret; "" for a WebSocket
+	node       *Node
+	client     *hub.Client
+	presence   broker.Conn
+	limiter    *tokenBucket
+	transport  Transport
+	key        string      // an HTTP-commanded session's secret; "" for a WebSocket
+	tokenRooms []string    // the token's rooms claim (SPEC §13)
+	expiry     *time.Timer // closes the session with 4001 when its token expires
 
 	rooms          map[string]struct{} // rooms joined
 	userSubscribed bool                // Start took a reference on the user's topic
 
-	inbox *inbox // commands posted over HTTP; nil for a WebSocket (its reader runs them)
+	// cmdMu is held while a command runs, whichever goroutine runs it: the
+	// transport's reader, or the inbox (commands posted over HTTP, and
+	// the admin API's joins and removals).
+	cmdMu sync.Mutex
+	inbox inbox
 	ended sync.Once
 }
 
@@ -54,25 +61,25 @@ type Transport interface {
 // (SPEC §2, §11, §12): the node is not draining, the origin, the user, and
 // the connection caps. On refusal it has answered and reports false; on
 // success the caller must either Open a session for user or Release it.
-func (n *Node) Admit(w http.ResponseWriter, r *http.Request) (user string, ok bool) {
+func (n *Node) Admit(w http.ResponseWriter, r *http.Request) (id admission.Identity, ok bool) {
 	if n.draining.Load() {
 		admission.WriteError(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "server shutting down")
-		return "", false
+		return id, false
 	}
 	if !admission.OriginAllowed(r, n.cfg.AllowedOrigins) {
 		admission.WriteError(w, r, http.StatusForbidden, protocol.CodeForbidden, "origin not allowed")
-		return "", false
+		return id, false
 	}
-	user, err := admission.User(r)
+	id, err := admission.Resolve(r)
 	if err != nil {
 		admission.WriteError(w, r, http.StatusBadRequest, protocol.CodeBadRequest, protocol.AsError(err).Message)
-		return "", false
+		return id, false
 	}
-	if refusal := n.admit(user); refusal != "" {
+	if refusal := n.admit(id.User); refusal != "" {
 		admission.WriteError(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, refusal)
-		return "", false
+		return id, false
 	}
-	return user, true
+	return id, true
 }
 
 // admit counts a connection of user against Chat.MaxConnections and
@@ -109,23 +116,27 @@ type SessionOptions struct {
 	Commanded bool
 }
 
-// Open makes the session of an admitted user, carried by t. The transport
-// then calls Start, and End once the session is over.
-func (n *Node) Open(user string, t Transport, opts SessionOptions) *Session {
-	id := n.newID()
+// Open makes the session of an admitted identity, carried by t. The
+// transport then calls Start, and End once the session is over.
+func (n *Node) Open(who admission.Identity, t Transport, opts SessionOptions) *Session {
+	id, user := n.newID(), who.User
 	s := &Session{
-		node:      n,
-		client:    hub.NewClient(id, user, n.cfg.MaxQueueBytes),
-		presence:  broker.Conn{Client: id, User: user, Node: n.ID},
-		limiter:   newTokenBucket(n.cfg.RateLimit, n.cfg.RateBurst),
-		transport: t,
+		node:       n,
+		client:     hub.NewClient(id, user, n.cfg.MaxQueueBytes),
+		presence:   broker.Conn{Client: id, User: user, Node: n.ID},
+		limiter:    newTokenBucket(n.cfg.RateLimit, n.cfg.RateBurst),
+		transport:  t,
+		tokenRooms: who.Rooms,
+	}
+	if !who.Expires.IsZero() {
+		// The session ends with its token (SPEC §13): after what is queued.
+		s.expiry = time.AfterFunc(time.Until(who.Expires), func() { s.Close(protocol.CloseTokenExpired, "token expired") })
 	}
 	if opts.Commanded {
 		var b [32]byte // 256 bits
 		_, _ = rand.Read(b[:])
 		s.key = hex.EncodeToString(b[:])
 		s.presence.KeyHash = keyHash(s.key)
-		s.inbox = &inbox{}
 	}
 	n.mu.Lock()
 	n.sessions[id] = s
@@ -206,6 +217,8 @@ const (
 // transport has checked the frame's size and encoding. Only the session's
 // command goroutine may call it.
 func (s *Session) HandleFrame(data []byte) {
+	s.cmdMu.Lock()
+	defer s.cmdMu.Unlock()
 	for line := range protocol.Lines(data) {
 		s.handleCommand(line)
 	}
@@ -221,9 +234,10 @@ func (s *Session) End() {
 }
 
 func (s *Session) end() {
-	if s.inbox != nil {
-		s.inbox.stop()
+	if s.expiry != nil {
+		s.expiry.Stop()
 	}
+	s.inbox.stop()
 	s.client.Close(hub.CloseRequest{}) // the peer is gone: a writer finishes the socket
 	n := s.node
 	n.hub.Unregister(s.client)
@@ -257,7 +271,7 @@ func (s *Session) Finish() {
 // order after those queued before it, and reports whether the session
 // takes them (false once it has ended).
 func (s *Session) Submit(frame []byte) bool {
-	return s.inbox != nil && s.inbox.push(frame, s.runInbox)
+	return s.key != "" && s.inbox.push(func() { s.HandleFrame(frame) }, s.runInbox)
 }
 
 // runInbox runs the inbox's frames in a goroutine that ends when the
@@ -272,19 +286,20 @@ func (s *Session) runInbox() {
 		}
 	}()
 	for {
-		frame, ok := s.inbox.next()
+		op, ok := s.inbox.next()
 		if !ok {
 			return
 		}
-		s.HandleFrame(frame)
+		op()
 	}
 }
 
-// inbox holds an HTTP-commanded session's frames, in arrival order, for one
-// runner at a time.
+// inbox holds what a session runs besides its transport's frames (the
+// frames of an HTTP-commanded session, the admin API's joins and
+// removals), in arrival order, for one runner at a time.
 type inbox struct {
 	mu      sync.Mutex
-	frames  [][]byte
+	frames  []func()
 	running bool
 	stopped bool
 	idle    *sync.Cond // signalled when the runner ends; made by stop
@@ -294,7 +309,7 @@ type inbox struct {
 // its commands run is refused (429) rather than queued without end.
 const maxInboxFrames = 64
 
-func (q *inbox) push(frame []byte, run func()) bool {
+func (q *inbox) push(frame func(), run func()) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.stopped || len(q.frames) >= maxInboxFrames {
@@ -308,8 +323,8 @@ func (q *inbox) push(frame []byte, run func()) bool {
 	return true
 }
 
-// next hands the runner the next frame, or ends its run.
-func (q *inbox) next() ([]byte, bool) {
+// next hands the runner the next operation, or ends its run.
+func (q *inbox) next() (func(), bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.frames) == 0 || q.stopped {

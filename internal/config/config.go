@@ -46,7 +46,11 @@ type ChatConf struct {
 	DrainTimeout       time.Duration `json:",default=10s"`
 	CoalesceWindow     time.Duration `json:",default=50ms"` // least time between two writes to a busy connection
 	AllowedOrigins     []string      `json:",optional"`
-	ApiKey             string        `json:",optional,env=CHAT_API_KEY"`
+	// PublicRooms are the rooms anyone may enter (path.Match patterns);
+	// any other room needs a pattern in the token's rooms claim or a
+	// grant of the admin API (SPEC §13). [] makes every room private.
+	PublicRooms []string `json:",default=[*]"`
+	ApiKey      string   `json:",optional,env=CHAT_API_KEY"`
 }
 
 // RedisConf selects the broker: an empty Addr runs one node in memory.

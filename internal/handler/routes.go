@@ -72,9 +72,39 @@ func RegisterHandlers(server *rest.Server, serverCtx *svc.ServiceContext) {
 					Handler: admin.BroadcastHandler(serverCtx),
 				},
 				{
+					// close one connection with 4003
+					Method:  http.MethodDelete,
+					Path:    "/clients/:client",
+					Handler: admin.KickClientHandler(serverCtx),
+				},
+				{
+					// a direct message to one connection
+					Method:  http.MethodPost,
+					Path:    "/clients/:client/messages",
+					Handler: admin.PostClientMessageHandler(serverCtx),
+				},
+				{
+					// the users granted a room
+					Method:  http.MethodGet,
+					Path:    "/rooms/:room/grants",
+					Handler: admin.GrantsHandler(serverCtx),
+				},
+				{
 					Method:  http.MethodPost,
 					Path:    "/rooms/:room/messages",
 					Handler: admin.PostRoomMessageHandler(serverCtx),
+				},
+				{
+					// grant a user a private room and join every connection it has
+					Method:  http.MethodPut,
+					Path:    "/rooms/:room/users/:user",
+					Handler: admin.GrantHandler(serverCtx),
+				},
+				{
+					// revoke a user's grant and remove its connections from the room
+					Method:  http.MethodDelete,
+					Path:    "/rooms/:room/users/:user",
+					Handler: admin.RevokeHandler(serverCtx),
 				},
 				{
 					Method:  http.MethodGet,

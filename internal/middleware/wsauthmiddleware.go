@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"chat/internal/admission"
 	"chat/internal/protocol"
@@ -31,39 +32,82 @@ func (m *WsAuthMiddleware) Handle(next http.HandlerFunc) http.HandlerFunc {
 		return next
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
-		user, err := m.user(r)
+		id, err := m.identity(r)
 		if err != nil {
 			admission.WriteError(w, r, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 			return
 		}
-		next(w, r.WithContext(admission.WithUser(r.Context(), user)))
+		next(w, r.WithContext(admission.WithIdentity(r.Context(), id)))
 	}
 }
 
-func (m *WsAuthMiddleware) user(r *http.Request) (string, error) {
+func (m *WsAuthMiddleware) identity(r *http.Request) (admission.Identity, error) {
+	return Identity(r, m.secret)
+}
+
+// Identity reads the HS256 token of a request (?token= or Authorization:
+// Bearer) signed with secret: its user (name, else sub), its rooms claim (a
+// list of room patterns, SPEC §13) and its expiry.
+func Identity(r *http.Request, secret []byte) (admission.Identity, error) {
 	raw := r.URL.Query().Get("token")
 	if raw == "" {
 		if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
 			raw = strings.TrimSpace(h[7:])
 		}
 	}
+	var none admission.Identity
 	if raw == "" {
-		return "", errors.New("a token is required")
+		return none, errors.New("a token is required")
 	}
 	claims := jwt.MapClaims{}
-	_, err := jwt.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return m.secret, nil },
+	_, err := jwt.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return secret, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}))
 	if err != nil {
-		return "", errors.New("invalid token")
+		return none, errors.New("invalid token")
 	}
+	var id admission.Identity
 	for _, claim := range []string{"name", "sub"} {
 		if s, ok := claims[claim].(string); ok && strings.TrimSpace(s) != "" {
-			user, err := protocol.NormalizeName(s)
-			if err != nil {
-				return "", errors.New("the token's user name is not valid")
+			if id.User, err = protocol.NormalizeName(s); err != nil {
+				return none, errors.New("the token's user name is not valid")
 			}
-			return user, nil
+			break
 		}
 	}
-	return "", errors.New("the token has no name or sub claim")
+	if id.User == "" {
+		return none, errors.New("the token has no name or sub claim")
+	}
+	if id.Rooms, err = roomsClaim(claims); err != nil {
+		return none, err
+	}
+	if exp, ok := claims["exp"].(float64); ok {
+		id.Expires = time.UnixMilli(int64(exp * 1000))
+	}
+	return id, nil
+}
+
+// roomsClaim reads the rooms claim: absent, or a list of valid room
+// patterns; anything else makes the token invalid.
+func roomsClaim(claims jwt.MapClaims) ([]string, error) {
+	raw, ok := claims["rooms"]
+	if !ok {
+		return nil, nil
+	}
+	bad := errors.New("the token's rooms claim must be a list of room patterns")
+	list, ok := raw.([]any)
+	if !ok {
+		return nil, bad
+	}
+	rooms := make([]string, 0, len(list))
+	for _, v := range list {
+		p, ok := v.(string)
+		if !ok || p == "" {
+			return nil, bad
+		}
+		rooms = append(rooms, p)
+	}
+	if admission.CheckPatterns(rooms) != nil {
+		return nil, bad
+	}
+	return rooms, nil
 }

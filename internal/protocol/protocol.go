@@ -38,10 +38,13 @@ const (
 	// CodeTooLarge: a body of commands over Chat.MaxFrameBytes, the HTTP
 	// transport's counterpart of the WebSocket close 1009 (answered 413).
 	CodeTooLarge = "too_large"
+	// CodeClientOffline: the admin API named a connection that is not open (SPEC §13).
+	CodeClientOffline = "client_offline"
 )
 
 // WebSocket close codes beyond RFC 6455's (SPEC §4).
 const (
+	CloseTokenExpired = 4001 // the connection's token expired (SPEC §13)
 	CloseKicked       = 4003 // closed through the REST API
 	CloseSlowConsumer = 4008 // queued events exceeded Chat.MaxQueueBytes
 )

@@ -55,3 +55,17 @@ type RoomCount struct {
 type RoomsResult struct {
 	Rooms []RoomCount `json:"rooms"`
 }
+
+// Subscribed tells a connection that the admin API joined it to a room
+// (SPEC §13): what a join reply holds, as an event.
+type Subscribed struct {
+	Type string `json:"type"`
+	JoinResult
+}
+
+// Removed tells a connection that the admin API removed it from a room.
+type Removed struct {
+	Type string `json:"type"`
+	Room string `json:"room"`
+	TS   int64  `json:"ts"`
+}

@@ -152,7 +152,7 @@ func statusOf(code string) int {
 		return http.StatusUnauthorized
 	case protocol.CodeAPIDisabled, protocol.CodeForbidden:
 		return http.StatusForbidden
-	case protocol.CodeUserOffline, protocol.CodeSessionClosed:
+	case protocol.CodeUserOffline, protocol.CodeSessionClosed, protocol.CodeClientOffline:
 		return http.StatusNotFound
 	case protocol.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge

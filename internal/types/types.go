@@ -13,7 +13,26 @@ type BroadcastResp struct {
 	Ts   int64  `json:"ts"`
 }
 
+type ClientReq struct {
+	Client string `path:"client"`
+}
+
+type ClientResp struct {
+	Client string `json:"client"`
+}
+
 type Empty struct {
+}
+
+type GrantResp struct {
+	Room        string `json:"room"`
+	User        string `json:"user"`
+	Connections int    `json:"connections"`
+}
+
+type GrantsResp struct {
+	Room  string   `json:"room"`
+	Users []string `json:"users"`
 }
 
 type HealthResp struct {
@@ -64,6 +83,12 @@ type MessagesResp struct {
 	Messages []Message `json:"messages"`
 }
 
+type PostClientMessageReq struct {
+	Client string `path:"client"`
+	Text   string `json:"text"`
+	From   string `json:"from,optional"`
+}
+
 type PostRoomMessageReq struct {
 	Room string `path:"room"`
 	Text string `json:"text"`
@@ -87,6 +112,12 @@ type PostUserMessageResp struct {
 	Connections int    `json:"connections"`
 }
 
+type RevokeResp struct {
+	Room    string `json:"room"`
+	User    string `json:"user"`
+	Removed int    `json:"removed"`
+}
+
 type RoomInfo struct {
 	Room    string `json:"room"`
 	Members int    `json:"members"`
@@ -95,6 +126,11 @@ type RoomInfo struct {
 
 type RoomReq struct {
 	Room string `path:"room"`
+}
+
+type RoomUserReq struct {
+	Room string `path:"room"`
+	User string `path:"user"`
 }
 
 type RoomsResp struct {

@@ -119,6 +119,7 @@ func Run(t *testing.T, newCluster func(t *testing.T, opts broker.Options) Cluste
 		{"SessionIsFoundOnEveryNodeWhileConnected", s.sessionIsFoundOnEveryNodeWhileConnected},
 		{"DeadNodesSessionsExpire", s.deadNodesSessionsExpire},
 		{"CommandReachesOnlyItsNodeIntact", s.commandReachesOnlyItsNodeIntact},
+		{"GrantsAreSharedSortedAndDurable", s.grantsAreSharedSortedAndDurable},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, tc.run)
@@ -1402,7 +1403,7 @@ func (s *suite) sessionIsFoundOnEveryNodeWhileConnected(t *testing.T) {
 	}
 	for i, n := range []*node{a, b} {
 		got, ok := session(t, n, "s1")
-		if !ok || got.Node != "node-a" || got.KeyHash != "hash-1" {
+		if !ok || got.Node != "node-a" || got.User != "ann" || got.KeyHash != "hash-1" {
 			t.Fatalf("node %d: session = %+v, %v; want node-a with hash-1", i, got, ok)
 		}
 	}
@@ -1456,5 +1457,46 @@ func (s *suite) commandReachesOnlyItsNodeIntact(t *testing.T) {
 		case i != 1 && len(got) != 0:
 			t.Fatalf("node %d received%s, want nothing", i, describe(got))
 		}
+	}
+}
+
+// Grants made through one node are seen by every node, listed sorted,
+// idempotent, and outlive the node that made them and PresenceTTL.
+func (s *suite) grantsAreSharedSortedAndDurable(t *testing.T) {
+	e := s.env(t, Options)
+	a, b := e.node(), e.node()
+	ctx := ctxFor(t)
+	for _, u := range []string{"zoe", "ann", "bob", "ann"} {
+		if err := a.Grant(ctx, "team", u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Grant(ctx, "other", "carl"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.close(); err != nil {
+		t.Fatal(err)
+	}
+	e.cluster.Advance(t, 2*e.opts.PresenceTTL+500*time.Millisecond)
+	got, err := b.Grants(ctx, "team")
+	if err != nil || !reflect.DeepEqual(got, []string{"ann", "bob", "zoe"}) {
+		t.Fatalf("grants of team: %v %v, want ann bob zoe", got, err)
+	}
+	for user, want := range map[string]bool{"ann": true, "carl": false, "nobody": false} {
+		if ok, err := b.HasGrant(ctx, "team", user); err != nil || ok != want {
+			t.Fatalf("HasGrant(team, %s) = %v %v, want %v", user, ok, err, want)
+		}
+	}
+	if err := b.Revoke(ctx, "team", "ann"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Revoke(ctx, "team", "nobody"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := b.HasGrant(ctx, "team", "ann"); ok {
+		t.Fatal("a revoked grant is still held")
+	}
+	if got, _ := b.Grants(ctx, "empty"); got == nil || len(got) != 0 {
+		t.Fatalf("grants of a room without any: %#v, want an empty list", got)
 	}
 }

@@ -33,6 +33,7 @@ type Backend struct {
 	userConns      map[string]int                 // user -> its connections in conns, so counting them walks nothing
 	presence       map[string]*presence           // room -> who is in it
 	clientRooms    map[string]map[string]struct{} // client id -> the rooms it is in
+	grants         map[string]map[string]struct{} // room -> users granted access (SPEC §13); durable
 }
 
 // The history bound (HistoryMaxBytes) counts an estimate, not the heap: a
@@ -508,6 +509,51 @@ func (n *node) Session(ctx context.Context, client string) (broker.Conn, bool, e
 	defer b.mu.Unlock()
 	c, ok := b.conns[client]
 	return c, ok, ctx.Err()
+}
+
+func (n *node) Grant(ctx context.Context, room, user string) error {
+	b := n.backend
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.grants == nil {
+		b.grants = make(map[string]map[string]struct{})
+	}
+	if b.grants[room] == nil {
+		b.grants[room] = make(map[string]struct{})
+	}
+	b.grants[room][user] = struct{}{}
+	return ctx.Err()
+}
+
+func (n *node) Revoke(ctx context.Context, room, user string) error {
+	b := n.backend
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.grants[room], user)
+	if len(b.grants[room]) == 0 {
+		delete(b.grants, room)
+	}
+	return ctx.Err()
+}
+
+func (n *node) Grants(ctx context.Context, room string) ([]string, error) {
+	b := n.backend
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	users := make([]string, 0, len(b.grants[room]))
+	for u := range b.grants[room] {
+		users = append(users, u)
+	}
+	slices.Sort(users)
+	return users, ctx.Err()
+}
+
+func (n *node) HasGrant(ctx context.Context, room, user string) (bool, error) {
+	b := n.backend
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, ok := b.grants[room][user]
+	return ok, ctx.Err()
 }
 
 func (n *node) Ping(ctx context.Context) error { return ctx.Err() }

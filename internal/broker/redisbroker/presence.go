@@ -52,9 +52,10 @@ func (b *Broker) addConn(ctx context.Context, pipe redis.Pipeliner, c broker.Con
 	pipe.ZRemRangeByScore(ctx, key, "-inf", "("+strconv.FormatInt(nowMillis(), 10))
 	pipe.ZAdd(ctx, key, redis.Z{Score: float64(b.expiry()), Member: c.Client})
 	pipe.PExpire(ctx, key, 2*b.opts.PresenceTTL)
-	if c.KeyHash != "" {
-		pipe.Set(ctx, b.sessionKey(c.Client), c.Node+" "+c.KeyHash, b.opts.PresenceTTL)
-	}
+	// The connection's record, for commands posted to it and messages
+	// and kicks aimed at it from any node; fields joined by newlines,
+	// which no name holds.
+	pipe.Set(ctx, b.sessionKey(c.Client), c.Node+"\n"+c.User+"\n"+c.KeyHash, b.opts.PresenceTTL)
 }
 
 // Session reads a session's record, which lives as long as its presence.
@@ -66,8 +67,11 @@ func (b *Broker) Session(ctx context.Context, client string) (broker.Conn, bool,
 	if err != nil {
 		return broker.Conn{}, false, unavailable("session "+client, err)
 	}
-	node, hash, _ := strings.Cut(v, " ")
-	return broker.Conn{Client: client, Node: node, KeyHash: hash}, true, nil
+	f := strings.SplitN(v, "\n", 3)
+	if len(f) != 3 {
+		return broker.Conn{}, false, nil
+	}
+	return broker.Conn{Client: client, Node: f[0], User: f[1], KeyHash: f[2]}, true, nil
 }
 
 // Disconnect removes the connection and its presence in every room, each
@@ -88,9 +92,7 @@ func (b *Broker) Disconnect(ctx context.Context, c broker.Conn) error {
 	b.mu.Unlock()
 	pipe := b.rdb.Pipeline()
 	pipe.ZRem(ctx, b.userPresenceKey(c.User), c.Client)
-	if c.KeyHash != "" {
-		pipe.Del(ctx, b.sessionKey(c.Client))
-	}
+	pipe.Del(ctx, b.sessionKey(c.Client))
 	calls := make([]scriptCall, len(rooms))
 	for i, room := range rooms {
 		calls[i] = b.leaveCall(room, []broker.Conn{c})
@@ -510,4 +512,28 @@ func (b *Broker) Close() error {
 	_ = ps.Close()
 	b.wg.Wait()
 	return b.rdb.Close()
+}
+
+// Grants live in a set per room, under the room's hash tag, with no TTL:
+// they outlive every node and a restart of every replica (SPEC §13).
+func (b *Broker) Grant(ctx context.Context, room, user string) error {
+	return wrapPresence("grant "+room, b.rdb.SAdd(ctx, b.grantsKey(room), user).Err())
+}
+
+func (b *Broker) Revoke(ctx context.Context, room, user string) error {
+	return wrapPresence("revoke "+room, b.rdb.SRem(ctx, b.grantsKey(room), user).Err())
+}
+
+func (b *Broker) Grants(ctx context.Context, room string) ([]string, error) {
+	users, err := b.rdb.SMembers(ctx, b.grantsKey(room)).Result()
+	if err != nil {
+		return nil, wrapPresence("grants of "+room, err)
+	}
+	sort.Strings(users)
+	return users, nil
+}
+
+func (b *Broker) HasGrant(ctx context.Context, room, user string) (bool, error) {
+	ok, err := b.rdb.SIsMember(ctx, b.grantsKey(room), user).Result()
+	return ok, wrapPresence("grant of "+room, err)
 }

@@ -134,6 +134,9 @@ func (b *Broker) userPresenceKey(user string) string {
 }
 func (b *Broker) roomsKey() string { return b.prefix + "presence:rooms" }
 
+// grantsKey holds the users granted a private room (SPEC §13).
+func (b *Broker) grantsKey(room string) string { return b.prefix + "room:{" + room + "}:grants" }
+
 // sessionKey holds a session's node and key hash (Session).
 func (b *Broker) sessionKey(client string) string { return b.prefix + "session:" + client }
 
@@ -318,7 +321,11 @@ func (b *Broker) Emit(ctx context.Context, d broker.Delivery) error {
 	var env string
 	switch d.Kind {
 	case broker.KindKick:
-		env = "K"
+		env = "K" + d.Client
+	case broker.KindSubscribe:
+		env = "S" + d.Room
+	case broker.KindUnsubscribe:
+		env = "U" + d.Room
 	case broker.KindPresence:
 		env = "P-" + d.User
 		if d.Joined {
@@ -326,8 +333,14 @@ func (b *Broker) Emit(ctx context.Context, d broker.Delivery) error {
 		}
 	case broker.KindCommand:
 		env = "C" + d.Client + "\n" + string(d.Payload)
+	case broker.KindEvent:
+		if d.Topic.Kind == broker.TopicNode {
+			env = "E" + d.Client + "\n" + string(d.Payload) // to one connection: Client rides where Exclude does
+		} else {
+			env = "E" + d.Exclude + "\n" + string(d.Payload)
+		}
 	default:
-		env = "E" + d.Exclude + "\n" + string(d.Payload)
+		return fmt.Errorf("emit: kind %d is not emitted", d.Kind)
 	}
 	if err := b.rdb.Publish(ctx, b.channel(d.Topic), env).Err(); err != nil {
 		return unavailable("emit to "+b.channel(d.Topic), err)
@@ -393,7 +406,11 @@ func (b *Broker) dispatch(m *redis.Message) {
 		if i < 0 {
 			return
 		}
-		b.handler(broker.Delivery{Kind: broker.KindEvent, Topic: t, Payload: []byte(rest[i+1:]), Exclude: rest[:i]})
+		d := broker.Delivery{Kind: broker.KindEvent, Topic: t, Payload: []byte(rest[i+1:]), Exclude: rest[:i]}
+		if t.Kind == broker.TopicNode {
+			d.Client, d.Exclude = d.Exclude, ""
+		}
+		b.handler(d)
 	case 'C':
 		rest := m.Payload[1:]
 		i := strings.IndexByte(rest, '\n')
@@ -402,7 +419,11 @@ func (b *Broker) dispatch(m *redis.Message) {
 		}
 		b.handler(broker.Delivery{Kind: broker.KindCommand, Topic: t, Client: rest[:i], Payload: []byte(rest[i+1:])})
 	case 'K':
-		b.handler(broker.Delivery{Kind: broker.KindKick, Topic: t})
+		b.handler(broker.Delivery{Kind: broker.KindKick, Topic: t, Client: m.Payload[1:]})
+	case 'S':
+		b.handler(broker.Delivery{Kind: broker.KindSubscribe, Topic: t, Room: m.Payload[1:]})
+	case 'U':
+		b.handler(broker.Delivery{Kind: broker.KindUnsubscribe, Topic: t, Room: m.Payload[1:]})
 	case 'P':
 		if len(m.Payload) < 2 {
 			return

@@ -52,7 +52,7 @@ func New(node *chat.Node) *Transport {
 // ServeSSE admits a session (every check of /ws, with the same refusals:
 // Node.Admit) and streams it until the session or the client ends.
 func (t *Transport) ServeSSE(w http.ResponseWriter, r *http.Request) {
-	user, ok := t.node.Admit(w, r)
+	who, ok := t.node.Admit(w, r)
 	if !ok {
 		return
 	}
@@ -69,7 +69,7 @@ func (t *Transport) ServeSSE(w http.ResponseWriter, r *http.Request) {
 	if err != nil { // HTTP/2: stream in the request
 		s.out = &responseOut{w: w, rc: http.NewResponseController(w)}
 		w.WriteHeader(http.StatusOK)
-		s.session = t.node.Open(user, s, chat.SessionOptions{Commanded: true})
+		s.session = t.node.Open(who, s, chat.SessionOptions{Commanded: true})
 		pprof.SetGoroutineLabels(labelsStream)
 		defer pprof.SetGoroutineLabels(r.Context()) // net/http reuses the goroutine
 		s.serve(r.Context().Done())
@@ -80,7 +80,7 @@ func (t *Transport) ServeSSE(w http.ResponseWriter, r *http.Request) {
 		_ = out.tcp.SetWriteBuffer(t.cfg.SendBufferBytes)
 	}
 	s.out = out
-	s.session = t.node.Open(user, s, chat.SessionOptions{Commanded: true})
+	s.session = t.node.Open(who, s, chat.SessionOptions{Commanded: true})
 	go out.watch()
 	go s.start(out.gone)
 }

@@ -59,13 +59,13 @@ func New(node *chat.Node) *Transport {
 // §10: a handler that stays in the request holds go-zero's MaxConns slot
 // and its timeouts).
 func (t *Transport) ServeWS(w http.ResponseWriter, r *http.Request) {
-	user, ok := t.node.Admit(w, r)
+	who, ok := t.node.Admit(w, r)
 	if !ok {
 		return
 	}
 	c := &Conn{t: t}
 	if err := wsraw.UpgradeInto(&c.sock, &upgrader, w, r); err != nil {
-		t.node.Release(user)
+		t.node.Release(who.User)
 		return // the upgrader answered
 	}
 	// A bounded send buffer makes Chat.MaxQueueBytes the real bound on
@@ -79,7 +79,7 @@ func (t *Transport) ServeWS(w http.ResponseWriter, r *http.Request) {
 	c.handshake = c.sock.Handshake
 	c.timedAt = -1
 	c.lastWrite = math.MinInt64 / 2 // long ago: the first write goes out at once
-	c.session = t.node.Open(user, c, chat.SessionOptions{})
+	c.session = t.node.Open(who, c, chat.SessionOptions{})
 	c.client = c.session.Outbox()
 	c.pinger = time.AfterFunc(t.cfg.PingInterval, c.ping)
 	go c.readPump() // it hands the connection to the flushers once the welcome is queued
