@@ -30,6 +30,8 @@ type Identity struct {
 	Rooms []string
 	// Expires is the token's exp; zero: no token, or no exp.
 	Expires time.Time
+	// Admin: a REST reader with the admin key, who may read every room.
+	Admin bool
 }
 
 // MayEnter reports whether the identity's token covers room.
@@ -56,6 +58,20 @@ func CheckPatterns(patterns []string) error {
 }
 
 type identityKey struct{}
+
+type readerKey struct{}
+
+// WithReader records who reads through the public REST API; Reader reads
+// it back (the zero Identity, an anonymous reader, when none was set).
+func WithReader(ctx context.Context, id Identity) context.Context {
+	return context.WithValue(ctx, readerKey{}, id)
+}
+
+// Reader is who reads through the public REST API (WithReader).
+func Reader(ctx context.Context) Identity {
+	id, _ := ctx.Value(readerKey{}).(Identity)
+	return id
+}
 
 // WithIdentity records what token auth established for a request.
 func WithIdentity(ctx context.Context, id Identity) context.Context {

@@ -127,28 +127,31 @@ func RegisterHandlers(server *rest.Server, serverCtx *svc.ServiceContext) {
 	)
 
 	server.AddRoutes(
-		[]rest.Route{
-			{
-				Method:  http.MethodGet,
-				Path:    "/rooms",
-				Handler: public.ListRoomsHandler(serverCtx),
-			},
-			{
-				Method:  http.MethodGet,
-				Path:    "/rooms/:room/members",
-				Handler: public.RoomMembersHandler(serverCtx),
-			},
-			{
-				Method:  http.MethodGet,
-				Path:    "/rooms/:room/messages",
-				Handler: public.RoomMessagesHandler(serverCtx),
-			},
-			{
-				Method:  http.MethodGet,
-				Path:    "/users/:user",
-				Handler: public.GetUserHandler(serverCtx),
-			},
-		},
+		rest.WithMiddlewares(
+			[]rest.Middleware{serverCtx.ReadAuth},
+			[]rest.Route{
+				{
+					Method:  http.MethodGet,
+					Path:    "/rooms",
+					Handler: public.ListRoomsHandler(serverCtx),
+				},
+				{
+					Method:  http.MethodGet,
+					Path:    "/rooms/:room/members",
+					Handler: public.RoomMembersHandler(serverCtx),
+				},
+				{
+					Method:  http.MethodGet,
+					Path:    "/rooms/:room/messages",
+					Handler: public.RoomMessagesHandler(serverCtx),
+				},
+				{
+					Method:  http.MethodGet,
+					Path:    "/users/:user",
+					Handler: public.GetUserHandler(serverCtx),
+				},
+			}...,
+		),
 		rest.WithPrefix("/api"),
 	)
 

@@ -213,3 +213,83 @@ func TestBadPublicRoomsPatternRefusesToStart(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// With auth on, the public REST reads need a token (or the admin key) and
+// apply the reader's room access; /healthz and /readyz stay open.
+func TestRESTReadsNeedATokenAndApplyRoomAccess(t *testing.T) {
+	s := chattest.Start(t, fast, privateRooms, func(c *config.Config) {
+		c.Auth.AccessSecret = accessSecret
+		c.Chat.ApiKey = apiKey
+	})
+	tok := hs256(t, jwt.MapClaims{"name": "ann", "rooms": []string{"team-*"}})
+	ann := s.Dial(t, "token="+tok)
+	ann.Join("lobby")
+	ann.Join("team-a")
+	ann.Say("team-a", "secret")
+	call(t, s, http.MethodPut, "/api/rooms/hidden/users/ann", apiKey, nil).ok(t, nil)
+	ann.WaitFor("subscribed", nil)
+
+	bearer := func(path, token string) apiResp {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, s.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		return do(t, req)
+	}
+	for _, path := range []string{"/api/rooms", "/api/rooms/lobby/members", "/api/rooms/lobby/messages", "/api/users/ann"} {
+		bearer(path, "").wantError(t, http.StatusUnauthorized, protocol.CodeUnauthorized)
+		bearer(path, "not-a-token").wantError(t, http.StatusUnauthorized, protocol.CodeUnauthorized)
+		if r := bearer(path, tok); r.status != http.StatusOK {
+			t.Fatalf("%s with a token: %d %s", path, r.status, r.body)
+		}
+		if r := call(t, s, http.MethodGet, path, apiKey, nil); r.status != http.StatusOK {
+			t.Fatalf("%s with the admin key: %d %s", path, r.status, r.body)
+		}
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if r := bearer(path, ""); r.status != http.StatusOK {
+			t.Fatalf("%s: %d", path, r.status)
+		}
+	}
+	// Room access: the token's team-* and the grant of "hidden" for ann;
+	// bob has neither.
+	bob := hs256(t, jwt.MapClaims{"name": "bob"})
+	var msgs struct{ Messages []protocol.Message }
+	bearer("/api/rooms/team-a/messages", tok).ok(t, &msgs)
+	if len(msgs.Messages) != 1 || msgs.Messages[0].Text != "secret" {
+		t.Fatalf("messages %+v", msgs)
+	}
+	bearer("/api/rooms/team-a/messages", bob).wantError(t, http.StatusForbidden, protocol.CodeForbidden)
+	bearer("/api/rooms/team-a/members", bob).wantError(t, http.StatusForbidden, protocol.CodeForbidden)
+	bearer("/api/rooms/hidden/members", tok).ok(t, nil)
+	bearer("/api/rooms/hidden/members", bob).wantError(t, http.StatusForbidden, protocol.CodeForbidden)
+	roomsOf := func(token string) string {
+		var list struct{ Rooms []struct{ Room string } }
+		bearer("/api/rooms", token).ok(t, &list)
+		var names []string
+		for _, r := range list.Rooms {
+			names = append(names, r.Room)
+		}
+		return strings.Join(names, ",")
+	}
+	if got := roomsOf(tok); got != "hidden,lobby,team-a" {
+		t.Fatalf("ann's rooms: %q", got)
+	}
+	if got := roomsOf(bob); got != "lobby" {
+		t.Fatalf("bob's rooms: %q", got)
+	}
+}
+
+// Without auth the REST reader is anonymous: it reads the public rooms,
+// and a private one only with the admin key.
+func TestAnonymousRESTReadsSeeOnlyPublicRooms(t *testing.T) {
+	s := startAdmin(t, fast, privateRooms)
+	call(t, s, http.MethodPost, "/api/rooms/team/messages", apiKey, map[string]any{"text": "private"}).ok(t, nil)
+	call(t, s, http.MethodGet, "/api/rooms/team/messages", "", nil).wantError(t, http.StatusForbidden, protocol.CodeForbidden)
+	call(t, s, http.MethodGet, "/api/rooms/team/messages", apiKey, nil).ok(t, nil)
+	call(t, s, http.MethodGet, "/api/rooms/lobby/messages", "", nil).ok(t, nil)
+}

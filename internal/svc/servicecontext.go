@@ -23,6 +23,7 @@ type ServiceContext struct {
 	WS       *ws.Transport  // /ws
 	SSE      *sse.Transport // /sse
 	WsAuth   rest.Middleware
+	ReadAuth rest.Middleware
 	AdminKey rest.Middleware
 }
 
@@ -38,6 +39,7 @@ func NewServiceContext(c config.Config) (*ServiceContext, error) {
 		WS:       ws.New(node),
 		SSE:      sse.New(node),
 		WsAuth:   middleware.NewWsAuthMiddleware(c.Auth.AccessSecret).Handle,
+		ReadAuth: middleware.NewReadAuthMiddleware(c.Auth.AccessSecret, c.Chat.ApiKey).Handle,
 		AdminKey: middleware.NewAdminKeyMiddleware(c.Chat.ApiKey).Handle,
 	}, nil
 }

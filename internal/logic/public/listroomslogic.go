@@ -6,6 +6,9 @@ package public
 import (
 	"context"
 
+	"chat/internal/admission"
+	"chat/internal/protocol"
+
 	"chat/internal/svc"
 	"chat/internal/types"
 
@@ -31,9 +34,17 @@ func (l *ListRoomsLogic) ListRooms() (resp *types.RoomsResp, err error) {
 	if err != nil {
 		return nil, err
 	}
-	resp = &types.RoomsResp{Rooms: make([]types.RoomInfo, len(rooms))}
-	for i, r := range rooms {
-		resp.Rooms[i] = types.RoomInfo{Room: r.Room, Members: r.Members, Seq: r.Seq}
+	// The reader sees the rooms it may read (SPEC §13).
+	reader := admission.Reader(l.ctx)
+	resp = &types.RoomsResp{Rooms: make([]types.RoomInfo, 0, len(rooms))}
+	for _, r := range rooms {
+		if err := l.svcCtx.Node.ReaderAccess(l.ctx, r.Room, reader); err != nil {
+			if protocol.AsError(err).Code == protocol.CodeForbidden {
+				continue
+			}
+			return nil, err
+		}
+		resp.Rooms = append(resp.Rooms, types.RoomInfo{Room: r.Room, Members: r.Members, Seq: r.Seq})
 	}
 	return resp, nil
 }

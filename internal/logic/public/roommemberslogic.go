@@ -6,6 +6,8 @@ package public
 import (
 	"context"
 
+	"chat/internal/admission"
+
 	"chat/internal/svc"
 	"chat/internal/types"
 
@@ -27,6 +29,9 @@ func NewRoomMembersLogic(ctx context.Context, svcCtx *svc.ServiceContext) *RoomM
 }
 
 func (l *RoomMembersLogic) RoomMembers(req *types.MembersReq) (resp *types.MembersResp, err error) {
+	if err := l.svcCtx.Node.ReaderAccess(l.ctx, req.Room, admission.Reader(l.ctx)); err != nil {
+		return nil, err
+	}
 	page, err := l.svcCtx.Node.Members(l.ctx, req.Room, req.After, req.Limit)
 	if err != nil {
 		return nil, err

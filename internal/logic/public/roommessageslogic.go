@@ -6,6 +6,8 @@ package public
 import (
 	"context"
 
+	"chat/internal/admission"
+
 	"chat/internal/svc"
 	"chat/internal/types"
 
@@ -27,6 +29,9 @@ func NewRoomMessagesLogic(ctx context.Context, svcCtx *svc.ServiceContext) *Room
 }
 
 func (l *RoomMessagesLogic) RoomMessages(req *types.MessagesReq) (resp *types.MessagesResp, err error) {
+	if err := l.svcCtx.Node.ReaderAccess(l.ctx, req.Room, admission.Reader(l.ctx)); err != nil {
+		return nil, err
+	}
 	msgs, err := l.svcCtx.Node.History(l.ctx, req.Room, req.Before, req.Limit)
 	if err != nil {
 		return nil, err
