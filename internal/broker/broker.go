@@ -93,6 +93,13 @@ type Broker interface {
 	Grants(ctx context.Context, room string) ([]string, error) // sorted
 	HasGrant(ctx context.Context, room, user string) (bool, error)
 
+	// Nodes lists the live nodes, sorted by id: each node's broker
+	// announces itself (with its connections in presence) as often as it
+	// refreshes presence, and a node that stops expires with its presence.
+	Nodes(ctx context.Context) ([]NodeInfo, error)
+	// Users counts the distinct users with a live connection, cluster-wide.
+	Users(ctx context.Context) (int, error)
+
 	// Ping reports whether the backbone answers.
 	Ping(ctx context.Context) error
 	// Close stops deliveries and releases the node's resources; its
@@ -135,6 +142,13 @@ type Conn struct {
 	// KeyHash is the hash of a session's command key (SPEC §12: commands
 	// over HTTP reach the session from any node); "" for a WebSocket.
 	KeyHash string
+}
+
+// NodeInfo is a live node as it last announced itself.
+type NodeInfo struct {
+	Node        string
+	Connections int
+	Started     time.Time
 }
 
 // RoomPresence is a room's presence right after a Join or Leave.

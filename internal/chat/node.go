@@ -449,3 +449,32 @@ func (n *Node) drain() {
 		logx.Errorf("close broker: %v", err)
 	}
 }
+
+// Cluster is every live node and the cluster's totals (GET /api/cluster).
+type Cluster struct {
+	Nodes       []broker.NodeInfo
+	Connections int
+	Users       int
+	Rooms       int
+}
+
+// Cluster reads the live nodes and counts connections, distinct users and
+// rooms with someone present, cluster-wide.
+func (n *Node) Cluster(ctx context.Context) (Cluster, error) {
+	ctx, cancel := brokerContext(ctx)
+	defer cancel()
+	var c Cluster
+	var err error
+	if c.Nodes, err = n.broker.Nodes(ctx); err != nil {
+		return c, brokerError("nodes", err)
+	}
+	for _, node := range c.Nodes {
+		c.Connections += node.Connections
+	}
+	if c.Users, err = n.broker.Users(ctx); err != nil {
+		return c, brokerError("users", err)
+	}
+	rooms, err := n.broker.Rooms(ctx)
+	c.Rooms = len(rooms)
+	return c, brokerError("rooms", err)
+}

@@ -84,6 +84,12 @@ func RegisterHandlers(server *rest.Server, serverCtx *svc.ServiceContext) {
 					Handler: admin.PostClientMessageHandler(serverCtx),
 				},
 				{
+					// every live node, and the cluster's connections, users and rooms
+					Method:  http.MethodGet,
+					Path:    "/cluster",
+					Handler: admin.ClusterHandler(serverCtx),
+				},
+				{
 					// the users granted a room
 					Method:  http.MethodGet,
 					Path:    "/rooms/:room/grants",

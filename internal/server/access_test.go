@@ -293,3 +293,35 @@ func TestAnonymousRESTReadsSeeOnlyPublicRooms(t *testing.T) {
 	call(t, s, http.MethodGet, "/api/rooms/team/messages", apiKey, nil).ok(t, nil)
 	call(t, s, http.MethodGet, "/api/rooms/lobby/messages", "", nil).ok(t, nil)
 }
+
+// GET /api/cluster lists every live replica with its connections, and the
+// cluster's connections, distinct users and rooms.
+func TestClusterListsEveryReplica(t *testing.T) {
+	nodes := cluster(t, 2, func(c *config.Config) { c.Chat.ApiKey = apiKey })
+	a, b := nodes[0], nodes[1]
+	a.DialName(t, "ann").Join("lobby")
+	a.DialName(t, "ann")
+	b.DialName(t, "bob").Join("games")
+	type clusterResp struct {
+		Nodes []struct {
+			Node          string
+			Connections   int
+			UptimeSeconds int64
+		}
+		Connections, Users, Rooms int
+	}
+	var got clusterResp
+	eventually(t, "both replicas announced with their connections", func() bool {
+		got = clusterResp{}
+		call(t, b, http.MethodGet, "/api/cluster", apiKey, nil).ok(t, &got)
+		return len(got.Nodes) == 2 && got.Connections == 3
+	})
+	byNode := map[string]int{}
+	for _, n := range got.Nodes {
+		byNode[n.Node] = n.Connections
+	}
+	if byNode[a.Node.ID] != 2 || byNode[b.Node.ID] != 1 || got.Users != 2 || got.Rooms != 2 {
+		t.Fatalf("cluster %+v", got)
+	}
+	call(t, a, http.MethodGet, "/api/cluster", "", nil).wantError(t, http.StatusForbidden, protocol.CodeForbidden)
+}

@@ -54,7 +54,7 @@ func newBroker(c config.Config) chat.NewBroker {
 	}
 	return func(node string, h broker.Handler) (broker.Broker, error) {
 		if c.Redis.Addr == "" {
-			return memory.NewBackend(opts).Node(h), nil
+			return memory.NewBackend(opts).NamedNode(node, h), nil
 		}
 		return redisbroker.New(redisbroker.Options{
 			Options:  opts,

@@ -21,6 +21,19 @@ type ClientResp struct {
 	Client string `json:"client"`
 }
 
+type ClusterNode struct {
+	Node          string `json:"node"`
+	Connections   int    `json:"connections"`
+	UptimeSeconds int64  `json:"uptimeSeconds"`
+}
+
+type ClusterResp struct {
+	Nodes       []ClusterNode `json:"nodes"`
+	Connections int           `json:"connections"`
+	Users       int           `json:"users"`
+	Rooms       int           `json:"rooms"`
+}
+
 type Empty struct {
 }
 

@@ -14,7 +14,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -120,6 +122,7 @@ func Run(t *testing.T, newCluster func(t *testing.T, opts broker.Options) Cluste
 		{"DeadNodesSessionsExpire", s.deadNodesSessionsExpire},
 		{"CommandReachesOnlyItsNodeIntact", s.commandReachesOnlyItsNodeIntact},
 		{"GrantsAreSharedSortedAndDurable", s.grantsAreSharedSortedAndDurable},
+		{"NodesAndUsersAreCountedClusterWide", s.nodesAndUsersAreCountedClusterWide},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, tc.run)
@@ -1499,4 +1502,68 @@ func (s *suite) grantsAreSharedSortedAndDurable(t *testing.T) {
 	if got, _ := b.Grants(ctx, "empty"); got == nil || len(got) != 0 {
 		t.Fatalf("grants of a room without any: %#v, want an empty list", got)
 	}
+}
+
+// Every live node is listed with its connections, and users are counted
+// once however many connections and nodes they have; a closed node leaves
+// the list.
+func (s *suite) nodesAndUsersAreCountedClusterWide(t *testing.T) {
+	e := s.env(t, Options)
+	a, b := e.node(), e.node()
+	ctx := ctxFor(t)
+	for _, p := range []struct {
+		n *node
+		c broker.Conn
+	}{{a, conn("c1", "ann")}, {a, conn("c2", "ann")}, {b, conn("c3", "bob")}, {b, conn("c4", "ann")}} {
+		if err := p.n.Connect(ctx, p.c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counts := func() string {
+		nodes, err := b.Nodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, n := range nodes {
+			if n.Node == "" || n.Started.IsZero() {
+				t.Fatalf("node %+v", n)
+			}
+			out = append(out, fmt.Sprint(n.Connections))
+		}
+		slices.Sort(out)
+		return strings.Join(out, ",")
+	}
+	e.eventually(e.opts.PresenceTTL+presenceSlack, "both nodes listed with 2 connections", func() bool { return counts() == "2,2" })
+	users := func() int {
+		n, err := a.Users(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if got := users(); got != 2 {
+		t.Fatalf("users = %d, want 2 (ann, bob)", got)
+	}
+	for _, c := range []broker.Conn{conn("c1", "ann"), conn("c2", "ann")} {
+		if err := a.Disconnect(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := users(); got != 2 {
+		t.Fatalf("users = %d with ann still on b, want 2", got)
+	}
+	if err := b.Disconnect(ctx, conn("c4", "ann")); err != nil {
+		t.Fatal(err)
+	}
+	if got := users(); got != 1 {
+		t.Fatalf("users = %d after ann's last connection, want 1", got)
+	}
+	if err := b.close(); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually(e.opts.PresenceTTL+presenceSlack, "the closed node leaving the list", func() bool {
+		nodes, err := a.Nodes(ctx)
+		return err == nil && len(nodes) == 1
+	})
 }

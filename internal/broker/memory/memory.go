@@ -7,6 +7,7 @@ import (
 	"context"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -99,7 +100,12 @@ func NewBackend(opts broker.Options) *Backend {
 
 // Node makes a broker for one node, delivering to handler.
 func (b *Backend) Node(handler broker.Handler) broker.Broker {
-	n := &node{backend: b, handler: handler, topics: make(map[broker.Topic]struct{})}
+	return b.NamedNode(broker.NewEpoch(), handler)
+}
+
+// NamedNode is Node for the node with the id (Nodes lists it).
+func (b *Backend) NamedNode(id string, handler broker.Handler) broker.Broker {
+	n := &node{backend: b, id: id, started: time.Now(), handler: handler, topics: make(map[broker.Topic]struct{})}
 	b.mu.Lock()
 	b.nodes[n] = struct{}{}
 	b.mu.Unlock()
@@ -108,6 +114,8 @@ func (b *Backend) Node(handler broker.Handler) broker.Broker {
 
 type node struct {
 	backend *Backend
+	id      string
+	started time.Time
 	handler broker.Handler
 	topics  map[broker.Topic]struct{} // guarded by backend.mu
 	closed  bool                      // guarded by backend.mu
@@ -554,6 +562,27 @@ func (n *node) HasGrant(ctx context.Context, room, user string) (bool, error) {
 	defer b.mu.Unlock()
 	_, ok := b.grants[room][user]
 	return ok, ctx.Err()
+}
+
+func (n *node) Nodes(ctx context.Context) ([]broker.NodeInfo, error) {
+	b := n.backend
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []broker.NodeInfo
+	for m := range b.nodes {
+		if !m.closed {
+			out = append(out, broker.NodeInfo{Node: m.id, Connections: len(m.conns), Started: m.started})
+		}
+	}
+	slices.SortFunc(out, func(a, c broker.NodeInfo) int { return strings.Compare(a.Node, c.Node) })
+	return out, ctx.Err()
+}
+
+func (n *node) Users(ctx context.Context) (int, error) {
+	b := n.backend
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.userConns), ctx.Err()
 }
 
 func (n *node) Ping(ctx context.Context) error { return ctx.Err() }

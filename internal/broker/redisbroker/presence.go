@@ -41,6 +41,7 @@ func (b *Broker) Connect(ctx context.Context, c broker.Conn) error {
 	b.mu.Unlock()
 	pipe := b.rdb.TxPipeline()
 	b.addConn(ctx, pipe, c)
+	pipe.HIncrBy(ctx, b.nodeKey(b.opts.Node), "conns", 1) // the refresh sets it whole
 	_, err := pipe.Exec(ctx)
 	return wrapPresence("connect "+c.User, err)
 }
@@ -52,6 +53,7 @@ func (b *Broker) addConn(ctx context.Context, pipe redis.Pipeliner, c broker.Con
 	pipe.ZRemRangeByScore(ctx, key, "-inf", "("+strconv.FormatInt(nowMillis(), 10))
 	pipe.ZAdd(ctx, key, redis.Z{Score: float64(b.expiry()), Member: c.Client})
 	pipe.PExpire(ctx, key, 2*b.opts.PresenceTTL)
+	pipe.ZAdd(ctx, b.usersKey(), redis.Z{Score: float64(b.expiry()), Member: c.User})
 	// The connection's record, for commands posted to it and messages
 	// and kicks aimed at it from any node; fields joined by newlines,
 	// which no name holds.
@@ -93,6 +95,7 @@ func (b *Broker) Disconnect(ctx context.Context, c broker.Conn) error {
 	pipe := b.rdb.Pipeline()
 	pipe.ZRem(ctx, b.userPresenceKey(c.User), c.Client)
 	pipe.Del(ctx, b.sessionKey(c.Client))
+	pipe.HIncrBy(ctx, b.nodeKey(b.opts.Node), "conns", -1)
 	calls := make([]scriptCall, len(rooms))
 	for i, room := range rooms {
 		calls[i] = b.leaveCall(room, []broker.Conn{c})
@@ -370,7 +373,82 @@ func (b *Broker) refresh() error {
 		keep(err)
 	}
 	keep(b.undoLeft(ctx, conns, joins))
+	keep(b.announce(ctx))
 	return firstErr
+}
+
+// announce records this node in the list of live nodes, with its
+// connections, until the presence TTL unless refreshed.
+func (b *Broker) announce(ctx context.Context) error {
+	b.mu.Lock()
+	conns := len(b.conns)
+	b.mu.Unlock()
+	pipe := b.rdb.Pipeline()
+	now := nowMillis()
+	pipe.ZRemRangeByScore(ctx, b.nodesKey(), "-inf", "("+strconv.FormatInt(now, 10))
+	pipe.ZAdd(ctx, b.nodesKey(), redis.Z{Score: float64(b.expiry()), Member: b.opts.Node})
+	pipe.HSet(ctx, b.nodeKey(b.opts.Node), "conns", conns, "started", b.started.UnixMilli())
+	pipe.PExpire(ctx, b.nodeKey(b.opts.Node), b.opts.PresenceTTL)
+	pipe.ZRemRangeByScore(ctx, b.usersKey(), "-inf", "("+strconv.FormatInt(now, 10))
+	_, err := pipe.Exec(ctx)
+	return wrapPresence("announce", err)
+}
+
+func (b *Broker) Nodes(ctx context.Context) ([]broker.NodeInfo, error) {
+	ids, err := b.rdb.ZRangeByScore(ctx, b.nodesKey(), &redis.ZRangeBy{Min: strconv.FormatInt(nowMillis(), 10), Max: "+inf"}).Result()
+	if err != nil || len(ids) == 0 {
+		return []broker.NodeInfo{}, wrapPresence("nodes", err)
+	}
+	pipe := b.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HMGet(ctx, b.nodeKey(id), "conns", "started")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, wrapPresence("nodes", err)
+	}
+	out := make([]broker.NodeInfo, 0, len(ids))
+	for i, cmd := range cmds {
+		v := cmd.Val()
+		c, ok1 := v[0].(string)
+		st, ok2 := v[1].(string)
+		if !ok1 || !ok2 {
+			continue // expired between the two reads
+		}
+		conns, _ := strconv.Atoi(c)
+		started, _ := strconv.ParseInt(st, 10, 64)
+		out = append(out, broker.NodeInfo{Node: ids[i], Connections: conns, Started: time.UnixMilli(started)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out, nil
+}
+
+// Users counts the users of the users index that still have a live
+// connection (the index keeps a user until its latest connection's
+// expiry, even after it disconnected).
+func (b *Broker) Users(ctx context.Context) (int, error) {
+	now := strconv.FormatInt(nowMillis(), 10)
+	users, err := b.rdb.ZRangeByScore(ctx, b.usersKey(), &redis.ZRangeBy{Min: now, Max: "+inf"}).Result()
+	if err != nil {
+		return 0, wrapPresence("users", err)
+	}
+	pipe := b.rdb.Pipeline()
+	counts := make([]*redis.IntCmd, len(users))
+	for i, u := range users {
+		counts[i] = pipe.ZCount(ctx, b.userPresenceKey(u), now, "+inf")
+	}
+	if len(users) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return 0, wrapPresence("users", err)
+		}
+	}
+	n := 0
+	for _, c := range counts {
+		if c.Val() > 0 {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // roomCall is a script call for some connections of one room.
@@ -501,7 +579,10 @@ func (b *Broker) Close() error {
 	pipe := b.rdb.Pipeline()
 	for _, c := range conns {
 		pipe.ZRem(ctx, b.userPresenceKey(c.User), c.Client)
+		pipe.Del(ctx, b.sessionKey(c.Client))
 	}
+	pipe.ZRem(ctx, b.nodesKey(), b.opts.Node)
+	pipe.Del(ctx, b.nodeKey(b.opts.Node))
 	left := make(map[string][]broker.Conn, len(joins))
 	for room, members := range joins {
 		for _, c := range members {

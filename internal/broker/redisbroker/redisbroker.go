@@ -44,6 +44,7 @@ type Broker struct {
 	rdb     *redis.Client
 	handler broker.Handler
 	prefix  string
+	started time.Time // when the node started, for Nodes
 
 	mu       sync.Mutex
 	pubsub   *redis.PubSub
@@ -89,6 +90,7 @@ func New(opts Options, handler broker.Handler) (*Broker, error) {
 		conns:    make(map[string]broker.Conn),
 		joins:    make(map[string]map[string]broker.Conn),
 		probed:   time.Now(),
+		started:  time.Now(),
 		stop:     make(chan struct{}),
 	}
 	b.channels[b.channel(broker.BroadcastTopic)] = broker.BroadcastTopic
@@ -98,6 +100,9 @@ func New(opts Options, handler broker.Handler) (*Broker, error) {
 	go b.receive(b.pubsub)
 	go b.refreshLoop()
 	go b.probeLoop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = b.announce(ctx) // at once, so that /api/cluster lists a node that just started; the refresh repeats it
 	return b, nil
 }
 
@@ -136,6 +141,13 @@ func (b *Broker) roomsKey() string { return b.prefix + "presence:rooms" }
 
 // grantsKey holds the users granted a private room (SPEC §13).
 func (b *Broker) grantsKey(room string) string { return b.prefix + "room:{" + room + "}:grants" }
+
+// nodesKey lists the live nodes, scored by expiry; nodeKey holds a
+// node's announcement; usersKey lists users with a connection, scored by
+// the expiry of their latest (a superset: Users checks each).
+func (b *Broker) nodesKey() string           { return b.prefix + "nodes" }
+func (b *Broker) nodeKey(node string) string { return b.prefix + "node:" + node }
+func (b *Broker) usersKey() string           { return b.prefix + "presence:users" }
 
 // sessionKey holds a session's node and key hash (Session).
 func (b *Broker) sessionKey(client string) string { return b.prefix + "session:" + client }
