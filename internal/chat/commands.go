@@ -288,7 +288,7 @@ func (s *Session) send(ctx context.Context, cmd *protocol.Command) (any, error) 
 	if err := s.memberOf(cmd.Room); err != nil {
 		return nil, err
 	}
-	if err := s.access(ctx, cmd.Room); err != nil {
+	if err := s.node.Access(ctx, cmd.Room, s.client.User, s.tokenRooms); err != nil { // a revoke takes effect at once
 		return nil, err
 	}
 	if n := utf8.RuneCountInString(cmd.Key); cmd.Key != "" && n > protocol.MaxKeyChars {
@@ -317,7 +317,7 @@ func (s *Session) typing(ctx context.Context, cmd *protocol.Command) (any, error
 	if err := s.memberOf(cmd.Room); err != nil {
 		return nil, err
 	}
-	if err := s.access(ctx, cmd.Room); err != nil {
+	if err := s.node.Access(ctx, cmd.Room, s.client.User, s.tokenRooms); err != nil { // a revoke takes effect at once
 		return nil, err
 	}
 	event := protocol.MustEncode(protocol.Typing{Type: "typing", Room: cmd.Room, User: s.client.User})
