@@ -29,7 +29,7 @@
   // resend automatically with the same idempotency key after reconnecting.
   const CONN_ERRORS = new Set(['offline', 'disconnected', 'timeout']);
   // Refusals that sending the same text again cannot fix.
-  const NO_RETRY = new Set(['invalid_text']);
+  const NO_RETRY = new Set(['invalid_text', 'forbidden']);
   // Codes whose friendly label says it all; the server's detail would only add noise.
   const LABEL_ONLY = new Set([...CONN_ERRORS, 'rate_limited']);
   const FRIENDLY = {
@@ -44,7 +44,11 @@
     disconnected: 'Not delivered (connection lost)',
     timeout: 'Not delivered (no reply from server)',
     too_large: 'Not sent: too large',
+    forbidden: 'Private room: no access',
   };
+  // SPEC §13: a room the server joined us to (an admin granted access) shows a lock.
+  const LOCK_LABEL = 'private room, added by the server';
+  const SESSION_EXPIRED = 'Your session expired: reload the page with a new token';
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
@@ -120,6 +124,7 @@
     return {
       key, dm, peer: dm ? key.slice(1) : null,
       joined: dm, joining: false,
+      locked: false,               // first seen through `subscribed` (SPEC §13): shows a lock
       epoch: null, lastSeq: 0,     // last (epoch, seq) seen, for `since` on re-join
       items: [], keys: new Set(),  // confirmed messages + notices, sorted; keys dedupe
       outbox: [],                  // our pending / failed sends, shown after items
@@ -388,6 +393,14 @@
       setConn('offline');
       return;
     }
+    if (ev.code === 4001) {
+      // Token expired (SPEC §13): the same token would be refused (401), so
+      // only a reload with a new one helps; no automatic reconnect.
+      S.connNote = 'session expired, reload with a new token';
+      toast(SESSION_EXPIRED, 'error', 0); // stays: it is what to do next
+      setConn('offline');
+      return;
+    }
     const failedOpen = t.kind === 'WebSocket' && !ev.opened;
     let fellBack = false;
     if (failedOpen && ++S.wsFailedOpens >= WS_FAILED_OPENS_BEFORE_SSE) {
@@ -502,6 +515,8 @@
       case 'left': return onPresence(ev);
       case 'presence': return onPresenceDiff(ev);
       case 'typing': return onTyping(ev);
+      case 'subscribed': return onSubscribed(ev);
+      case 'removed': return onRemoved(ev);
       case 'resync': {
         const room = S.rooms.get(ev.room);
         if (room && !room.dm) joinRoom(room.key);
@@ -542,7 +557,8 @@
     S.everOnline = true;
     setConn('online');
     if (first) {
-      joinRoom(DEFAULT_ROOM, !S.current).then(() => {
+      // Quiet: where the default room is private, a refusal on every visit would only be noise.
+      joinRoom(DEFAULT_ROOM, !S.current, true).then(() => {
         // Someone who just picked a name wants to type next, not to stay in
         // the name field (unless they went somewhere else meanwhile).
         const a = document.activeElement;
@@ -551,6 +567,43 @@
       });
     }
     else for (const r of S.rooms.values()) if (!r.dm) joinRoom(r.key); // with `since`
+    refreshDirectory();
+  }
+
+  // subscribed (SPEC §13): an admin granted us a private room and the server
+  // joined this connection to it. The event holds what a join reply holds,
+  // and is taken as one: history, members, and the (epoch, seq) that a
+  // re-join after a reconnect resumes from with `since`.
+  function onSubscribed(ev) {
+    if (typeof ev.room !== 'string' || !ROOM_RE.test(ev.room)) return;
+    let room = S.rooms.get(ev.room);
+    const isNew = !room;
+    if (isNew) {
+      room = makeRoom(ev.room);
+      room.locked = true;
+      S.rooms.set(ev.room, room);
+    }
+    applyJoin(room, ev, false);
+    if (!isNew) return; // already listed: a fresh view of it is all that changes
+    if (!S.current) switchRoom(room.key);
+    toast(`You were added to the private room #${room.key}`, 'info');
+    refreshDirectory();
+  }
+
+  // removed (SPEC §13): an admin revoked our access and the server took this
+  // connection out of the room. As a leave, without sending one; the room is
+  // gone from the list, so a reconnect does not re-join it.
+  function onRemoved(ev) {
+    const room = typeof ev.room === 'string' ? S.rooms.get(ev.room) : null;
+    if (!room || room.dm) return;
+    dropRoom(room.key);
+  }
+
+  // dropRoom forgets a room we lost access to (removed, or a re-join answered
+  // `forbidden`) and says so.
+  function dropRoom(key) {
+    removeRoom(key);
+    toast(`You were removed from #${key}`, 'info');
     refreshDirectory();
   }
 
@@ -728,10 +781,12 @@
 
   // ---------- room actions ----------
   // Join, or re-join with `since` (last epoch/seq seen) so the server sends only what we missed.
-  function joinRoom(name, show = false) {
+  // `quiet`: a private room's refusal of a first join is not worth telling (the default room).
+  function joinRoom(name, show = false, quiet = false) {
     let room = S.rooms.get(name);
     const isNew = !room;
     if (isNew) { room = makeRoom(name); S.rooms.set(name, room); }
+    const back = S.current; // where a refused first join goes back to
     if (show) switchRoom(name);
     if (room.joining || (show && room.joined)) return Promise.resolve();
     const since = room.epoch != null ? { epoch: room.epoch, seq: room.lastSeq } : null;
@@ -745,6 +800,16 @@
       .catch((e) => {
         room.joining = false;
         if (CONN_ERRORS.has(e.code) && !isNew) return; // the next reconnect re-joins
+        if (e.code === 'forbidden') {
+          // A private room (SPEC §13). One we were in has lost its grant
+          // (revoked while we were offline): as if we had been removed.
+          if (S.rooms.get(name) !== room) return; // left, or removed, meanwhile
+          if (!isNew) { dropRoom(name); return; }
+          removeRoom(name);
+          if (back !== name && S.rooms.has(back) && S.current !== back) switchRoom(back);
+          if (!quiet) showJoinError(`#${name} is a private room: you need an invitation to join it`);
+          return;
+        }
         if (isNew) removeRoom(name);
         toast(`Could not join ${name}: ${errText(e)}`);
       })
@@ -923,7 +988,9 @@
         const name = el('span', 'name');
         if (!r.dm) name.append(el('span', 'hash', '#'));
         name.append(document.createTextNode(r.key)); // DMs are already '@alice'
-        b.append(name, el('span', 'count'), el('span', 'unread'));
+        b.append(name);
+        if (r.locked) b.append(lockEl());
+        b.append(el('span', 'count'), el('span', 'unread'));
         b.addEventListener('click', () => { switchRoom(r.key); renderAll(); focusComposer(); });
         r.li.append(b);
       }
@@ -939,10 +1006,30 @@
       r.li.classList.toggle('inactive', !r.joined);
       if (current) b.setAttribute('aria-current', 'true'); else b.removeAttribute('aria-current');
       b.setAttribute('aria-label', `${r.dm ? 'Direct messages with ' + r.peer : 'Room ' + r.key}` +
-        `${r.dm ? '' : ', ' + count + ' members'}${r.unread ? ', ' + r.unread + ' unread' : ''}`);
+        `${r.locked ? ', ' + LOCK_LABEL : ''}${r.dm ? '' : ', ' + count + ' members'}${r.unread ? ', ' + r.unread + ' unread' : ''}`);
       return r.li;
     });
     reconcile(ul, nodes);
+  }
+
+  // lockEl marks a room the server added us to (#room-lock is the same in
+  // the header). A drawn padlock, not the 🔒 emoji: not every system has a
+  // font for it.
+  function lockEl() {
+    const s = el('span', 'lock');
+    s.setAttribute('role', 'img');
+    s.setAttribute('aria-label', LOCK_LABEL);
+    s.title = 'Private room, added by the server';
+    const NS = 'http://www.w3.org/2000/svg';
+    const svg = document.createElementNS(NS, 'svg');
+    for (const [k, v] of [['viewBox', '0 0 16 16'], ['width', '1em'], ['height', '1em'], ['aria-hidden', 'true'], ['focusable', 'false']]) svg.setAttribute(k, v);
+    const shackle = document.createElementNS(NS, 'path');
+    for (const [k, v] of [['d', 'M5 7.5V5a3 3 0 0 1 6 0v2.5'], ['fill', 'none'], ['stroke', 'currentColor'], ['stroke-width', '1.7']]) shackle.setAttribute(k, v);
+    const body = document.createElementNS(NS, 'rect');
+    for (const [k, v] of [['x', '2.5'], ['y', '7'], ['width', '11'], ['height', '8'], ['rx', '1.6'], ['fill', 'currentColor']]) body.setAttribute(k, v);
+    svg.append(shackle, body);
+    s.append(svg);
+    return s;
   }
 
   // On phones, focusing would pop up the keyboard over the messages just opened.
@@ -974,6 +1061,7 @@
   function renderHeader() {
     const room = S.rooms.get(S.current);
     $('room-title').textContent = !room ? 'No room' : room.dm ? `@${room.peer}` : `#${room.key}`;
+    $('room-lock').hidden = !(room && room.locked);
     const leave = $('leave');
     leave.disabled = !room;
     leave.textContent = room && room.dm ? 'Close' : 'Leave';
@@ -1139,7 +1227,20 @@
     c.style.height = c.scrollHeight + 'px';
   }
 
-  function toast(text, kind = 'error') {
+  // A join refused (a private room) is told next to the join box, where the
+  // room was asked for; it stays until the next attempt.
+  function showJoinError(text) {
+    $('join-error').textContent = text;
+    $('room-input').setAttribute('aria-invalid', 'true');
+  }
+
+  function clearJoinError() {
+    $('join-error').textContent = '';
+    $('room-input').removeAttribute('aria-invalid');
+  }
+
+  // A toast goes after `ms` (0: it stays until dismissed).
+  function toast(text, kind = 'error', ms = 7000) {
     const box = $('errors');
     const t = el('div', 'toast ' + kind);
     t.setAttribute('role', kind === 'error' ? 'alert' : 'status');
@@ -1150,7 +1251,7 @@
     x.addEventListener('click', () => t.remove());
     t.append(x);
     box.append(t);
-    setTimeout(() => t.remove(), 7000);
+    if (ms > 0) setTimeout(() => t.remove(), ms);
     while (box.children.length > 4) box.firstElementChild.remove();
   }
 
@@ -1183,12 +1284,15 @@
 
   $('join-form').addEventListener('submit', (e) => {
     e.preventDefault();
+    clearJoinError();
     const input = $('room-input');
     const name = input.value.trim().replace(/^#/, '');
     if (!ROOM_RE.test(name)) { toast('Room names: letters, digits, _ . - (max 64, start with letter/digit)'); return; }
     input.value = '';
     joinRoom(name, true);
   });
+
+  $('room-input').addEventListener('input', clearJoinError);
 
   $('leave').addEventListener('click', leaveCurrent);
 
@@ -1266,7 +1370,7 @@
       limits: { ...S.limits },
       current: S.current,
       rooms: Object.fromEntries([...S.rooms.values()].map((r) => [r.key, {
-        joined: r.joined, epoch: r.epoch, seq: r.lastSeq, unread: r.unread,
+        joined: r.joined, locked: r.locked, epoch: r.epoch, seq: r.lastSeq, unread: r.unread,
         members: [...r.members.keys()],
         count: r.count,
         messages: r.items.filter((it) => it.kind === 'msg').length,

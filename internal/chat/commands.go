@@ -330,9 +330,17 @@ func (s *Session) roomList(ctx context.Context) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := protocol.RoomsResult{Rooms: make([]protocol.RoomCount, len(rooms))}
-	for i, r := range rooms {
-		res.Rooms[i] = protocol.RoomCount{Room: r.Room, Members: r.Members}
+	// Only the rooms the user may enter: a private room's name and size
+	// are the private room's business (SPEC §13).
+	res := protocol.RoomsResult{Rooms: make([]protocol.RoomCount, 0, len(rooms))}
+	for _, r := range rooms {
+		if err := s.node.Access(ctx, r.Room, s.client.User, s.tokenRooms); err != nil {
+			if protocol.AsError(err).Code == protocol.CodeForbidden {
+				continue
+			}
+			return nil, err
+		}
+		res.Rooms = append(res.Rooms, protocol.RoomCount{Room: r.Room, Members: r.Members})
 	}
 	return res, nil
 }

@@ -22,7 +22,7 @@ func privateRooms(c *config.Config) { c.Chat.PublicRooms = []string{"lobby", "pu
 // Without access, join, history and members of a private room answer
 // forbidden; public rooms (Chat.PublicRooms) behave as before.
 func TestPrivateRoomIsForbiddenWithoutAccess(t *testing.T) {
-	s := chattest.Start(t, fast, privateRooms)
+	s := startAdmin(t, fast, privateRooms)
 	c := s.DialName(t, "ann")
 	c.Join("lobby")
 	c.Join("pub-games")
@@ -30,6 +30,18 @@ func TestPrivateRoomIsForbiddenWithoutAccess(t *testing.T) {
 		c.Fail(cmd, map[string]any{"room": "team"}, protocol.CodeForbidden)
 	}
 	c.Fail("join", map[string]any{"room": "bad room"}, protocol.CodeInvalidRoom)
+	// The rooms command lists only rooms the user may enter.
+	call(t, s, http.MethodPut, "/api/rooms/team/users/bob", apiKey, nil).ok(t, nil)
+	s.DialName(t, "bob").Join("team")
+	var list protocol.RoomsResult
+	c.OK("rooms", nil, &list)
+	var names []string
+	for _, r := range list.Rooms {
+		names = append(names, r.Room)
+	}
+	if strings.Join(names, ",") != "lobby,pub-games" {
+		t.Fatalf("ann's rooms: %v", names)
+	}
 }
 
 // The token's rooms claim opens the private rooms it matches, and only
