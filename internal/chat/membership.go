@@ -61,14 +61,15 @@ func (n *Node) Grants(ctx context.Context, room string) ([]string, error) {
 	return nonNil(users), brokerError("grants of "+room, err)
 }
 
-// sessionsOf lists this node's sessions of user. An admin operation: it
-// walks every session.
+// sessionsOf lists this node's started sessions of user (one still
+// starting is not registered with the Hub yet, and has access to a granted
+// room anyway). An admin operation: it walks every session.
 func (n *Node) sessionsOf(user string) []*Session {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	var out []*Session
 	for _, s := range n.sessions {
-		if s.client.User == user {
+		if s.client.User == user && s.started.Load() {
 			out = append(out, s)
 		}
 	}

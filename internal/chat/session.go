@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"runtime/pprof"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"chat/internal/admission"
@@ -45,9 +46,10 @@ type Session struct {
 	// cmdMu is held while a command runs, whichever goroutine runs it: the
 	// transport's reader, or the inbox (commands posted over HTTP, and
 	// the admin API's joins and removals).
-	cmdMu sync.Mutex
-	inbox inbox
-	ended sync.Once
+	cmdMu   sync.Mutex
+	inbox   inbox
+	started atomic.Bool // registered with the Hub: the admin API may join it to rooms
+	ended   sync.Once
 }
 
 // Transport is what the node may ask of the transport that carries a session.
@@ -202,6 +204,7 @@ func (s *Session) Start() bool {
 		s.CloseNow(closeGoingAway, "server shutting down")
 		return false
 	}
+	s.started.Store(true)
 	return true
 }
 
