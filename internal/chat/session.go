@@ -26,10 +26,11 @@ import (
 // the byte-bounded queue that the Hub fills too), which its transport
 // drains and writes (internal/transport/ws, internal/transport/sse).
 //
-// Commands run one at a time, in order, from one goroutine at a time: the
-// transport's reader (HandleFrame, a WebSocket's read pump) or the
-// session's inbox (Submit, commands posted over HTTP). rooms, the rate
-// limiter and userSubscribed belong to that goroutine.
+// Commands run one at a time, in order, under cmdMu: from the transport's
+// reader (HandleFrame, a WebSocket's read pump) or from the session's
+// inbox (Submit: commands posted over HTTP; the admin API's joins and
+// removals). rooms, the rate limiter and userSubscribed belong to whoever
+// holds cmdMu, and to End once the session is over.
 type Session struct {
 	node       *Node
 	client     *hub.Client
@@ -302,7 +303,7 @@ func (s *Session) runInbox() {
 // removals), in arrival order, for one runner at a time.
 type inbox struct {
 	mu      sync.Mutex
-	frames  []func()
+	ops     []func()
 	running bool
 	stopped bool
 	idle    *sync.Cond // signalled when the runner ends; made by stop
@@ -312,13 +313,13 @@ type inbox struct {
 // its commands run is refused (429) rather than queued without end.
 const maxInboxFrames = 64
 
-func (q *inbox) push(frame func(), run func()) bool {
+func (q *inbox) push(op func(), run func()) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.stopped || len(q.frames) >= maxInboxFrames {
+	if q.stopped || len(q.ops) >= maxInboxFrames {
 		return false
 	}
-	q.frames = append(q.frames, frame)
+	q.ops = append(q.ops, op)
 	if !q.running {
 		q.running = true
 		go run()
@@ -330,17 +331,17 @@ func (q *inbox) push(frame func(), run func()) bool {
 func (q *inbox) next() (func(), bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.frames) == 0 || q.stopped {
-		q.frames = nil
+	if len(q.ops) == 0 || q.stopped {
+		q.ops = nil
 		q.running = false
 		if q.idle != nil {
 			q.idle.Broadcast()
 		}
 		return nil, false
 	}
-	frame := q.frames[0]
-	q.frames[0] = nil
-	q.frames = q.frames[1:]
+	frame := q.ops[0]
+	q.ops[0] = nil
+	q.ops = q.ops[1:]
 	return frame, true
 }
 
