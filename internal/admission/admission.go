@@ -34,9 +34,6 @@ type Identity struct {
 	Admin bool
 }
 
-// MayEnter reports whether the identity's token covers room.
-func (id Identity) MayEnter(room string) bool { return MatchAny(id.Rooms, room) }
-
 // MatchAny reports whether room matches one of patterns (path.Match).
 func MatchAny(patterns []string, room string) bool {
 	for _, p := range patterns {

@@ -155,12 +155,6 @@ func keyHash(key string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// ID is the session's id, unique in the cluster (the client id).
-func (s *Session) ID() string { return s.client.ID }
-
-// User is the session's user.
-func (s *Session) User() string { return s.client.User }
-
 // Outbox is the session's queue of encoded events, which its transport drains.
 func (s *Session) Outbox() *hub.Client { return s.client }
 
