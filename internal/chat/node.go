@@ -276,10 +276,7 @@ func (n *Node) Access(ctx context.Context, room, user string, tokenRooms []strin
 // ReaderAccess is Access for a reader of the REST API: the admin key reads
 // every room.
 func (n *Node) ReaderAccess(ctx context.Context, room string, reader admission.Identity) error {
-	if reader.Admin {
-		return protocol.CheckRoom(room)
-	}
-	if err := protocol.CheckRoom(room); err != nil {
+	if err := protocol.CheckRoom(room); err != nil || reader.Admin {
 		return err
 	}
 	return n.Access(ctx, room, reader.User, reader.Rooms)

@@ -89,9 +89,7 @@ func (t *Transport) ServeSSE(w http.ResponseWriter, r *http.Request) {
 // goroutine: starting (the broker, the welcome) grows a goroutine's stack
 // to several KiB, which it would keep for the session's life.
 func (s *stream) start(gone <-chan struct{}) {
-	s.client = s.session.Outbox()
-	s.client.SetWriter(s)
-	s.session.Start() // on failure the close event is queued
+	s.begin()
 	go func() {
 		pprof.SetGoroutineLabels(labelsStream)
 		s.stream(gone)
@@ -160,10 +158,16 @@ type output interface {
 
 // serve starts the session and streams it, in the request (HTTP/2).
 func (s *stream) serve(gone <-chan struct{}) {
+	s.begin()
+	s.stream(gone)
+}
+
+// begin makes the stream the writer of the session's outbox and starts
+// the session; on failure the close event is queued.
+func (s *stream) begin() {
 	s.client = s.session.Outbox()
 	s.client.SetWriter(s)
-	s.session.Start() // on failure the close event is queued
-	s.stream(gone)
+	s.session.Start()
 }
 
 // stream writes until the session ends (gone: the client went away), then
