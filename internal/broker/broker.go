@@ -100,6 +100,20 @@ type Broker interface {
 	// Users counts the distinct users with a live connection, cluster-wide.
 	Users(ctx context.Context) (int, error)
 
+	// ClaimUnstored and MarkStored carry every published message into the
+	// durable store (SPEC §14), whoever published it and whether or not
+	// its node still lives. With Options.Heads set, every publish marks its
+	// room unstored, due StoreDelay later. ClaimUnstored hands out up to
+	// limit rooms that are due, each to one caller for lease, with the
+	// room's head and how far it is known to be stored; the caller makes
+	// sure the messages in (Stored, Seq] are in the store (from History
+	// while it still holds them) and calls MarkStored, which records the
+	// room stored up to Seq and clears the mark, unless the room published
+	// again after the claim: then the room stays due. A caller that dies
+	// leaves its claims to expire after lease.
+	ClaimUnstored(ctx context.Context, lease time.Duration, limit int) ([]Unstored, error)
+	MarkStored(ctx context.Context, u Unstored) error
+
 	// Ping reports whether the backbone answers.
 	Ping(ctx context.Context) error
 	// Close stops deliveries and releases the node's resources; its
@@ -132,6 +146,21 @@ type History struct {
 	Epoch    string
 	Seq      int64 // the room's last seq (0 before any message)
 	Messages []protocol.Message
+}
+
+// Head is where a room's sequence stands: its epoch and last seq.
+type Head struct {
+	Epoch string
+	Seq   int64
+}
+
+// Unstored is a room claimed by ClaimUnstored.
+type Unstored struct {
+	Room   string
+	Epoch  string // the room's epoch; "" when the backbone no longer holds the room
+	Seq    int64  // the room's head
+	Stored int64  // every seq up to Stored is in the store
+	Claim  int64  // the claim's token, for MarkStored
 }
 
 // Conn identifies one connection in presence.
@@ -256,6 +285,19 @@ type Options struct {
 	// recently used rooms lose theirs first. 0: no bound. Redis bounds its
 	// own memory (maxmemory).
 	HistoryMaxBytes int64
+
+	// Heads, when set, is where a room continues when the backbone holds
+	// no sequence for it (a new room, one whose history expired, was
+	// evicted, or was lost with Redis): the durable store's head, so that
+	// the room keeps its epoch and clients recover across the loss (SPEC
+	// §14). A Head with no epoch starts a new one at its seq. An error
+	// fails the operation (ErrUnavailable): a room never forks its
+	// sequence because the store could not be asked. Without Heads such a
+	// room starts a new epoch at seq 0.
+	Heads func(ctx context.Context, room string) (Head, error)
+	// StoreDelay is how long after a publish its room is due for
+	// ClaimUnstored: the publishing node's own write normally lands first.
+	StoreDelay time.Duration
 }
 
 // NewEpoch makes a room sequence's epoch: random, so that a sequence that

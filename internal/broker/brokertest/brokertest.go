@@ -123,6 +123,14 @@ func Run(t *testing.T, newCluster func(t *testing.T, opts broker.Options) Cluste
 		{"CommandReachesOnlyItsNodeIntact", s.commandReachesOnlyItsNodeIntact},
 		{"GrantsAreSharedSortedAndDurable", s.grantsAreSharedSortedAndDurable},
 		{"NodesAndUsersAreCountedClusterWide", s.nodesAndUsersAreCountedClusterWide},
+		{"RoomWithoutSequenceContinuesFromTheStoresHead", s.roomWithoutSequenceContinuesFromTheStoresHead},
+		{"RoomWhoseHistoryExpiredContinuesFromTheStoresHead", s.roomWhoseHistoryExpiredContinuesFromTheStoresHead},
+		{"StoreThatCannotBeAskedFailsTheFirstUseOfARoom", s.storeThatCannotBeAskedFailsTheFirstUseOfARoom},
+		{"UnstoredRoomIsClaimedOnceUntilMarkedStored", s.unstoredRoomIsClaimedOnceUntilMarkedStored},
+		{"PublishAfterAClaimKeepsTheRoomDue", s.publishAfterAClaimKeepsTheRoomDue},
+		{"ClaimOfADeadCallerExpiresAfterTheLease", s.claimOfADeadCallerExpiresAfterTheLease},
+		{"StoreDelayHoldsARoomBack", s.storeDelayHoldsARoomBack},
+		{"WithoutHeadsNothingIsUnstored", s.withoutHeadsNothingIsUnstored},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, tc.run)

@@ -5,6 +5,7 @@ package memory
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -35,6 +36,8 @@ type Backend struct {
 	presence       map[string]*presence           // room -> who is in it
 	clientRooms    map[string]map[string]struct{} // client id -> the rooms it is in
 	grants         map[string]map[string]struct{} // room -> users granted access (SPEC §13); durable
+	unstored       map[string]time.Time           // with Options.Heads: rooms with messages not known stored -> when due
+	claims         int64                          // the last claim token handed out
 }
 
 // The history bound (HistoryMaxBytes) counts an estimate, not the heap: a
@@ -74,6 +77,8 @@ type room struct {
 	expires time.Time          // history, seq and epoch go together after HistoryTTL idle
 	keys    map[string]keyEntry
 	bytes   int64 // the estimate of the room and every message in history
+	stored  int64 // with Options.Heads: every seq up to stored is in the store
+	claim   int64 // the token of the room's current ClaimUnstored, 0 for none
 
 	older, newer *room // neighbours in the Backend's list by last use
 }
@@ -93,6 +98,7 @@ func NewBackend(opts broker.Options) *Backend {
 		conns:     make(map[string]broker.Conn),
 		userConns: make(map[string]int),
 		presence:  make(map[string]*presence),
+		unstored:  make(map[string]time.Time),
 
 		clientRooms: make(map[string]map[string]struct{}),
 	}
@@ -122,16 +128,43 @@ type node struct {
 	conns   map[string]struct{}       // this node's client ids; guarded by backend.mu
 }
 
-// roomLocked returns the room's live state, starting a new epoch when it
-// has none: a new room, or one whose history expired or was evicted. It
-// counts as a use of the room. b.mu is held.
-func (b *Backend) roomLocked(name string) *room {
+// room returns the room's live state with b.mu held, starting its
+// sequence when it has none: a new room, or one whose history expired or
+// was evicted. It counts as a use of the room. With Options.Heads the
+// sequence continues from the store's head, asked without b.mu held.
+func (b *Backend) room(ctx context.Context, name string) (*room, error) {
+	b.mu.Lock()
+	if b.opts.Heads == nil || b.liveLocked(name) != nil {
+		return b.roomLocked(name, broker.Head{}), nil
+	}
+	b.mu.Unlock()
+	head, err := b.opts.Heads(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("head of %s: %w: %v", name, broker.ErrUnavailable, err)
+	}
+	b.mu.Lock()
+	return b.roomLocked(name, head), nil
+}
+
+// liveLocked is the room's state when it has one. b.mu is held.
+func (b *Backend) liveLocked(name string) *room {
+	b.expireLocked(b.now())
+	return b.rooms[name]
+}
+
+// roomLocked returns the room's live state, starting its sequence at head
+// when it has none (a new epoch when head has none). It counts as a use
+// of the room. b.mu is held.
+func (b *Backend) roomLocked(name string, head broker.Head) *room {
 	now := b.now()
 	b.expireLocked(now)
 	r := b.rooms[name]
 	if r == nil {
-		epoch := broker.NewEpoch()
-		r = &room{name: name, epoch: epoch, keys: make(map[string]keyEntry), bytes: roomBytes(name, epoch)}
+		epoch := head.Epoch
+		if epoch == "" {
+			epoch = broker.NewEpoch()
+		}
+		r = &room{name: name, epoch: epoch, seq: head.Seq, stored: head.Seq, keys: make(map[string]keyEntry), bytes: roomBytes(name, epoch)}
 		b.rooms[name] = r
 		b.historyBytes += r.bytes
 	} else {
@@ -241,9 +274,11 @@ func (n *node) Publish(ctx context.Context, p broker.Publication) (protocol.Mess
 		return protocol.Message{}, err
 	}
 	b := n.backend
-	b.mu.Lock()
+	r, err := b.room(ctx, p.Room)
+	if err != nil {
+		return protocol.Message{}, err
+	}
 	defer b.mu.Unlock()
-	r := b.roomLocked(p.Room)
 	now := b.now()
 	keyID := p.From + "\x00" + p.Key
 	if p.Key != "" {
@@ -269,6 +304,12 @@ func (n *node) Publish(ctx context.Context, p broker.Publication) (protocol.Mess
 		r.history = r.history[:n]
 	}
 	b.boundLocked(r)
+	if b.opts.Heads != nil {
+		if _, ok := b.unstored[r.name]; !ok || r.claim != 0 {
+			b.unstored[r.name] = now.Add(b.opts.StoreDelay)
+		}
+		r.claim = 0 // published after the claim: MarkStored keeps the room due
+	}
 	if p.Key != "" {
 		for id, k := range r.keys { // keep the key map bounded by the window
 			if now.After(k.expires) {
@@ -294,9 +335,11 @@ func (n *node) History(ctx context.Context, name string, q broker.HistoryQuery) 
 		return broker.History{}, err
 	}
 	b := n.backend
-	b.mu.Lock()
+	r, err := b.room(ctx, name)
+	if err != nil {
+		return broker.History{}, err
+	}
 	defer b.mu.Unlock()
-	r := b.roomLocked(name)
 	var msgs []protocol.Message
 	for _, m := range r.kept(b.opts.HistorySize) {
 		if (q.After == 0 || m.Seq > q.After) && (q.Before == 0 || m.Seq < q.Before) {
@@ -583,6 +626,52 @@ func (n *node) Users(ctx context.Context) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return len(b.userConns), ctx.Err()
+}
+
+func (n *node) ClaimUnstored(ctx context.Context, lease time.Duration, limit int) ([]broker.Unstored, error) {
+	b := n.backend
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	var out []broker.Unstored
+	for name, due := range b.unstored {
+		if len(out) == limit {
+			break
+		}
+		if due.After(now) {
+			continue
+		}
+		b.claims++
+		b.unstored[name] = now.Add(lease)
+		u := broker.Unstored{Room: name, Claim: b.claims}
+		if r := b.liveLocked(name); r != nil {
+			r.claim = b.claims
+			u.Epoch, u.Seq, u.Stored = r.epoch, r.seq, r.stored
+		}
+		out = append(out, u)
+	}
+	return out, ctx.Err()
+}
+
+func (n *node) MarkStored(ctx context.Context, u broker.Unstored) error {
+	b := n.backend
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r := b.liveLocked(u.Room)
+	if r == nil {
+		// The room's history is gone (expired, evicted): nothing is left
+		// to store. A later publish marks it again.
+		delete(b.unstored, u.Room)
+		return ctx.Err()
+	}
+	if r.epoch == u.Epoch && u.Seq > r.stored {
+		r.stored = u.Seq
+	}
+	if r.claim == u.Claim {
+		r.claim = 0
+		delete(b.unstored, u.Room)
+	}
+	return ctx.Err()
 }
 
 func (n *node) Ping(ctx context.Context) error { return ctx.Err() }

@@ -21,9 +21,9 @@ func missedPublish(t *testing.T, b *Broker, room, text string) {
 	t.Helper()
 	tail := `"id":"x","from":"ghost","text":` + jsonString(text) + `,"ts":1`
 	err := publishScript.Run(context.Background(), b.rdb,
-		[]string{b.metaKey(room), b.histKey(room), ""},
+		[]string{b.metaKey(room), b.histKey(room), "", ""},
 		jsonString(room), tail, broker.NewEpoch(), b.opts.HistorySize,
-		b.opts.HistoryTTL.Milliseconds(), b.opts.KeyTTL.Milliseconds(), b.prefix+"ch:nobody").Err()
+		b.opts.HistoryTTL.Milliseconds(), b.opts.KeyTTL.Milliseconds(), b.prefix+"ch:nobody", 0, room).Err()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -149,6 +149,10 @@ func (b *Broker) nodesKey() string           { return b.prefix + "nodes" }
 func (b *Broker) nodeKey(node string) string { return b.prefix + "node:" + node }
 func (b *Broker) usersKey() string           { return b.prefix + "presence:users" }
 
+// unstoredKey lists the rooms with messages not known to be in the
+// store, scored by when they are due (ClaimUnstored).
+func (b *Broker) unstoredKey() string { return b.prefix + "store:unstored" }
+
 // sessionKey holds a session's node and key hash (Session).
 func (b *Broker) sessionKey(client string) string { return b.prefix + "session:" + client }
 
@@ -200,19 +204,53 @@ func (b *Broker) Publish(ctx context.Context, p broker.Publication) (protocol.Me
 	// No json.Marshal escaping of HTML here: protocol.Encode does not
 	// escape either, and both brokers must send the same bytes.
 	tail = unescapeHTML(tail)
-	raw, err := publishScript.Run(ctx, b.rdb,
-		[]string{b.metaKey(p.Room), b.histKey(p.Room), idem},
-		unescapeHTML(jsonString(p.Room)), tail, broker.NewEpoch(), b.opts.HistorySize,
-		b.opts.HistoryTTL.Milliseconds(), b.opts.KeyTTL.Milliseconds(), b.channel(broker.Room(p.Room)),
-	).Text()
+	unstored := ""
+	if b.opts.Heads != nil {
+		unstored = b.unstoredKey()
+	}
+	for seeded := false; ; seeded = true {
+		raw, err := publishScript.Run(ctx, b.rdb,
+			[]string{b.metaKey(p.Room), b.histKey(p.Room), idem, unstored},
+			unescapeHTML(jsonString(p.Room)), tail, broker.NewEpoch(), b.opts.HistorySize,
+			b.opts.HistoryTTL.Milliseconds(), b.opts.KeyTTL.Milliseconds(), b.channel(broker.Room(p.Room)),
+			time.Now().Add(b.opts.StoreDelay).UnixMilli(), p.Room,
+		).Text()
+		if err != nil {
+			return protocol.Message{}, unavailable("publish to "+p.Room, err)
+		}
+		if raw == noHead && !seeded {
+			if err := b.seed(ctx, p.Room); err != nil {
+				return protocol.Message{}, err
+			}
+			continue
+		}
+		var msg protocol.Message
+		if err := json.Unmarshal([]byte(raw), &msg); err != nil {
+			return protocol.Message{}, fmt.Errorf("publish to %s: decode %q: %w", p.Room, raw, err)
+		}
+		return msg, nil
+	}
+}
+
+// noHead is the scripts' answer for a room without a sequence when the
+// store must start it.
+const noHead = "!nohead"
+
+// seed starts a room's sequence at the store's head (Options.Heads).
+func (b *Broker) seed(ctx context.Context, room string) error {
+	head, err := b.opts.Heads(ctx, room)
 	if err != nil {
-		return protocol.Message{}, unavailable("publish to "+p.Room, err)
+		return fmt.Errorf("head of %s: %w: %v", room, broker.ErrUnavailable, err)
 	}
-	var msg protocol.Message
-	if err := json.Unmarshal([]byte(raw), &msg); err != nil {
-		return protocol.Message{}, fmt.Errorf("publish to %s: decode %q: %w", p.Room, raw, err)
+	if head.Epoch == "" {
+		head.Epoch = broker.NewEpoch()
 	}
-	return msg, nil
+	err = seedScript.Run(ctx, b.rdb, []string{b.metaKey(room), b.histKey(room)},
+		head.Epoch, head.Seq, b.opts.HistoryTTL.Milliseconds()).Err()
+	if err != nil {
+		return unavailable("seed "+room, err)
+	}
+	return nil
 }
 
 // unescapeHTML undoes encoding/json's \u003c, \u003e and \u0026.
@@ -225,10 +263,28 @@ func unescapeHTML(s string) string {
 
 // History runs the history script and filters in Go (history is short).
 func (b *Broker) History(ctx context.Context, room string, q broker.HistoryQuery) (broker.History, error) {
-	res, err := historyScript.Run(ctx, b.rdb, []string{b.metaKey(room), b.histKey(room)},
-		broker.NewEpoch(), b.opts.HistoryTTL.Milliseconds()).Slice()
-	if err != nil || len(res) != 3 {
-		return broker.History{}, unavailable("history of "+room, err)
+	durable := ""
+	if b.opts.Heads != nil {
+		durable = "1"
+	}
+	var res []any
+	for seeded := false; ; seeded = true {
+		raw, err := historyScript.Run(ctx, b.rdb, []string{b.metaKey(room), b.histKey(room)},
+			broker.NewEpoch(), b.opts.HistoryTTL.Milliseconds(), durable).Result()
+		if err != nil {
+			return broker.History{}, unavailable("history of "+room, err)
+		}
+		if raw == noHead && !seeded {
+			if err := b.seed(ctx, room); err != nil {
+				return broker.History{}, err
+			}
+			continue
+		}
+		res, _ = raw.([]any)
+		if len(res) != 3 {
+			return broker.History{}, unavailable("history of "+room, fmt.Errorf("unexpected answer %v", raw))
+		}
+		break
 	}
 	h := broker.History{}
 	h.Epoch, _ = res[0].(string)
@@ -249,6 +305,58 @@ func (b *Broker) History(ctx context.Context, room string, q broker.HistoryQuery
 		h.Messages = h.Messages[len(h.Messages)-q.Limit:]
 	}
 	return h, nil
+}
+
+// ClaimUnstored runs the claim script, then reads each room's head and
+// stored mark.
+func (b *Broker) ClaimUnstored(ctx context.Context, lease time.Duration, limit int) ([]broker.Unstored, error) {
+	now := time.Now()
+	token := now.Add(lease).UnixMilli()
+	rooms, err := claimScript.Run(ctx, b.rdb, []string{b.unstoredKey()}, now.UnixMilli(), token, limit).StringSlice()
+	if err != nil {
+		return nil, unavailable("claim unstored rooms", err)
+	}
+	if len(rooms) == 0 {
+		return nil, nil
+	}
+	pipe := b.rdb.Pipeline()
+	heads := make([]*redis.SliceCmd, len(rooms))
+	for i, room := range rooms {
+		heads[i] = pipe.HMGet(ctx, b.metaKey(room), "epoch", "seq", "stored")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, unavailable("read unstored rooms", err)
+	}
+	out := make([]broker.Unstored, len(rooms))
+	for i, room := range rooms {
+		u := broker.Unstored{Room: room, Claim: token}
+		vals := heads[i].Val()
+		u.Epoch, _ = vals[0].(string)
+		u.Seq = parseInt(vals[1])
+		u.Stored = parseInt(vals[2])
+		out[i] = u
+	}
+	return out, nil
+}
+
+func parseInt(v any) int64 {
+	s, _ := v.(string)
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}
+
+// MarkStored moves the room's stored mark, then releases the claim: two
+// scripts, each on one key's slot.
+func (b *Broker) MarkStored(ctx context.Context, u broker.Unstored) error {
+	if u.Epoch != "" {
+		if err := storedScript.Run(ctx, b.rdb, []string{b.metaKey(u.Room)}, u.Epoch, u.Seq).Err(); err != nil {
+			return unavailable("mark "+u.Room+" stored", err)
+		}
+	}
+	if err := releaseScript.Run(ctx, b.rdb, []string{b.unstoredKey()}, u.Room, u.Claim).Err(); err != nil {
+		return unavailable("release "+u.Room, err)
+	}
+	return nil
 }
 
 // head reads a room's epoch and seq without creating anything.

@@ -8,18 +8,28 @@ import "github.com/redis/go-redis/v9"
 // epoch and seq; Go pre-encodes the other fields in protocol.Message's
 // field order, so the event is byte-for-byte what the memory broker sends.
 //
-// KEYS: meta hash, history list, idempotency key ("" for none)
+// With a store (an unstored key given) a room without a sequence is not
+// started here: the script answers "!nohead" and Go seeds the room from
+// the store's head (seedScript) and runs it again. The room is then
+// marked unstored, due at ARGV[8]; ZADD LT keeps an earlier due time and
+// moves a claim's later one back, which is how MarkStored sees that the
+// room published after its claim.
+//
+// KEYS: meta hash, history list, idempotency key ("" for none), unstored
+// zset ("" without a store)
 // ARGV: room JSON, tail JSON (`"id":...,"from":...,"text":...,"ts":...`),
 //
-//	new epoch, history size, history TTL ms, key TTL ms, channel
+//	new epoch, history size, history TTL ms, key TTL ms, channel, due ms,
+//	room
 var publishScript = redis.NewScript(`
-local meta, hist, idem = KEYS[1], KEYS[2], KEYS[3]
+local meta, hist, idem, unstored = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if idem ~= "" then
   local prev = redis.call("GET", idem)
   if prev then return prev end
 end
 local epoch = redis.call("HGET", meta, "epoch")
 if not epoch then
+  if unstored ~= "" then return "!nohead" end
   epoch = ARGV[3]
   redis.call("DEL", hist)
   redis.call("HSET", meta, "epoch", epoch, "seq", 0)
@@ -33,19 +43,24 @@ redis.call("PEXPIRE", hist, ARGV[5])
 if idem ~= "" then
   redis.call("SET", idem, msg, "PX", ARGV[6])
 end
+if unstored ~= "" then
+  redis.call("ZADD", unstored, "LT", ARGV[8], ARGV[9])
+end
 redis.call("PUBLISH", ARGV[7], "M" .. msg)
 return msg
 `)
 
 // historyScript reads a room's epoch, head seq and history in one step,
-// starting the epoch when there is none.
+// starting the epoch when there is none (with a store: "!nohead", as
+// publishScript).
 //
 // KEYS: meta hash, history list
-// ARGV: new epoch, history TTL ms
+// ARGV: new epoch, history TTL ms, "1" with a store
 var historyScript = redis.NewScript(`
 local meta, hist = KEYS[1], KEYS[2]
 local epoch = redis.call("HGET", meta, "epoch")
 if not epoch then
+  if ARGV[3] == "1" then return "!nohead" end
   epoch = ARGV[1]
   redis.call("DEL", hist)
   redis.call("HSET", meta, "epoch", epoch, "seq", 0)
@@ -53,6 +68,56 @@ if not epoch then
 end
 local seq = redis.call("HGET", meta, "seq")
 return {epoch, seq, redis.call("LRANGE", hist, 0, -1)}
+`)
+
+// seedScript starts a room's sequence at the store's head, unless another
+// node did first: the room continues in the same epoch, and everything up
+// to the head is stored.
+//
+// KEYS: meta hash, history list
+// ARGV: epoch, seq, history TTL ms
+var seedScript = redis.NewScript(`
+local meta, hist = KEYS[1], KEYS[2]
+if redis.call("EXISTS", meta) == 1 then return 0 end
+redis.call("DEL", hist)
+redis.call("HSET", meta, "epoch", ARGV[1], "seq", ARGV[2], "stored", ARGV[2])
+redis.call("PEXPIRE", meta, ARGV[3])
+return 1
+`)
+
+// claimScript hands out up to limit rooms due in the unstored zset, each
+// due again at the claim's end (its token).
+//
+// KEYS: unstored zset
+// ARGV: now ms, claim end ms, limit
+var claimScript = redis.NewScript(`
+local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", ARGV[1], "LIMIT", 0, tonumber(ARGV[3]))
+for _, room in ipairs(due) do
+  redis.call("ZADD", KEYS[1], ARGV[2], room)
+end
+return due
+`)
+
+// storedScript moves a room's stored mark forward within its epoch.
+//
+// KEYS: meta hash
+// ARGV: epoch, seq
+var storedScript = redis.NewScript(`
+if redis.call("HGET", KEYS[1], "epoch") ~= ARGV[1] then return 0 end
+local stored = tonumber(redis.call("HGET", KEYS[1], "stored") or "0")
+if tonumber(ARGV[2]) > stored then redis.call("HSET", KEYS[1], "stored", ARGV[2]) end
+return 1
+`)
+
+// releaseScript clears a room's unstored mark if it is still the claim's
+// (a publish since the claim moved it).
+//
+// KEYS: unstored zset
+// ARGV: room, claim token
+var releaseScript = redis.NewScript(`
+local score = redis.call("ZSCORE", KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then redis.call("ZREM", KEYS[1], ARGV[1]) end
+return 0
 `)
 
 // presenceLib is the start of every room presence script: the room's keys
