@@ -9,6 +9,8 @@ import (
 	"chat/internal/broker"
 	"chat/internal/hub"
 	"chat/internal/protocol"
+
+	"github.com/zeromicro/go-zero/core/logx"
 )
 
 // handleCommand parses, rate-limits and runs one command and answers it: a
@@ -178,6 +180,7 @@ func (s *Session) joinHub(ctx context.Context, cmd *protocol.Command, membersPag
 		if err != nil {
 			return brokerError("history of "+cmd.Room, err)
 		}
+		n.withStored(ctx, cmd.Room, cmd.Since, &h)
 		page, err := n.broker.Members(ctx, cmd.Room, broker.MembersQuery{Limit: membersPage})
 		if err != nil {
 			return brokerError("members of "+cmd.Room, err)
@@ -197,6 +200,29 @@ func (s *Session) joinHub(ctx context.Context, cmd *protocol.Command, membersPag
 		}
 	}
 }
+
+// withStored completes a join's history from the store where the broker's
+// window falls short (SPEC §14): back to since when it is in the same epoch
+// and within a recovery's reach (so that the client recovers, after Redis
+// lost the room, say), else to the latest page. A store that fails leaves
+// the broker's window: the join still works, and a client that cannot
+// recover from it is told so (recovered: false).
+func (n *Node) withStored(ctx context.Context, room string, since *protocol.Position, h *broker.History) {
+	if n.archive == nil {
+		return
+	}
+	after, want := int64(0), defaultHistory
+	if reach := n.recoveryReach(); since != nil && since.Epoch == h.Epoch && since.Seq >= 0 && h.Seq-since.Seq <= int64(reach) {
+		after, want = since.Seq, reach
+	}
+	if err := n.archive.older(ctx, room, h, after, 0, want); err != nil {
+		logx.Errorf("join %s: %v", room, err)
+	}
+}
+
+// recoveryReach is how many missed messages a join recovers at most: what
+// the broker keeps (Chat.HistorySize), which a store must not shrink.
+func (n *Node) recoveryReach() int { return max(n.cfg.HistorySize, defaultHistory) }
 
 // recoverSince picks the join reply's history: exactly the messages after
 // since when they are all still kept in the same epoch, else the latest.
@@ -306,11 +332,11 @@ func (s *Session) direct(ctx context.Context, cmd *protocol.Command) (any, error
 	if err != nil {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "to: %s", protocol.AsError(err).Message)
 	}
-	d, _, err := s.node.Direct(ctx, s.client.User, to, cmd.Text, s.client.ID)
+	d, online, err := s.node.Direct(ctx, s.client.User, to, cmd.Text, s.client.ID)
 	if err != nil {
 		return nil, err
 	}
-	return protocol.DirectResult{To: to, TS: d.TS}, nil
+	return protocol.DirectResult{To: to, TS: d.TS, Stored: online == 0}, nil
 }
 
 func (s *Session) typing(ctx context.Context, cmd *protocol.Command) (any, error) {

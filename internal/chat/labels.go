@@ -9,8 +9,9 @@ import (
 // goroutine profile shows beside each stack: a WebSocket's reader waiting
 // for a frame (LabelWaiting) or running commands (LabelReading), a
 // goroutine writing to one WebSocket (LabelWriting), a WebSocket flusher
-// (LabelFlusher), an SSE stream (LabelStream), or a session running
-// commands posted over HTTP (LabelCommands). Operators see what sessions
+// (LabelFlusher), an SSE stream (LabelStream), a session running
+// commands posted over HTTP (LabelCommands), or the node's store writer,
+// sweeper and retention (LabelStore). Operators see what sessions
 // are doing; tests count them without depending on function names.
 const (
 	GoroutineLabel = "chat"
@@ -20,6 +21,7 @@ const (
 	LabelFlusher   = "flusher"
 	LabelStream    = "sse-stream"
 	LabelCommands  = "commands"
+	LabelStore     = "store"
 )
 
 // Labels makes a context whose labels pprof.SetGoroutineLabels sets on a
@@ -28,4 +30,7 @@ func Labels(value string) context.Context {
 	return pprof.WithLabels(context.Background(), pprof.Labels(GoroutineLabel, value))
 }
 
-var labelsCommands = Labels(LabelCommands)
+var (
+	labelsCommands = Labels(LabelCommands)
+	labelsStore    = Labels(LabelStore)
+)

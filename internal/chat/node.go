@@ -52,14 +52,25 @@ type Node struct {
 	stopped   []func()            // OnStop's
 
 	presenceStop, presenceDone chan struct{} // presenceLoop's
+
+	archive *archive // the durable store's writer and sweeper; nil without a store
 }
 
-// NewBroker makes the node's broker, given the node's id and the handler it
-// must deliver to.
-type NewBroker func(node string, h broker.Handler) (broker.Broker, error)
+// Wiring is what a node gives the broker it is built on.
+type Wiring struct {
+	Node    string         // the node's id
+	Handler broker.Handler // where the broker delivers
+	// Heads and StoreDelay go into broker.Options: set with a store, so
+	// that rooms continue from the store's head and are swept into it.
+	Heads      func(ctx context.Context, room string) (broker.Head, error)
+	StoreDelay time.Duration
+}
+
+// NewBroker makes the node's broker.
+type NewBroker func(w Wiring) (broker.Broker, error)
 
 // NewNode makes and starts a node.
-func NewNode(cfg config.ChatConf, newBroker NewBroker) (*Node, error) {
+func NewNode(cfg config.ChatConf, newBroker NewBroker, opts ...Option) (*Node, error) {
 	if err := admission.CheckPatterns(cfg.PublicRooms); err != nil {
 		return nil, fmt.Errorf("Chat.PublicRooms: %w", err)
 	}
@@ -71,7 +82,14 @@ func NewNode(cfg config.ChatConf, newBroker NewBroker) (*Node, error) {
 		sessions:  make(map[string]*Session),
 		userConns: make(map[string]int),
 	}
-	b, err := newBroker(n.ID, n.deliver)
+	for _, opt := range opts {
+		opt(n)
+	}
+	w := Wiring{Node: n.ID, Handler: n.deliver}
+	if n.archive != nil {
+		w.Heads, w.StoreDelay = n.archive.head, storeDelay
+	}
+	b, err := newBroker(w)
 	if err != nil {
 		return nil, err
 	}
@@ -86,6 +104,9 @@ func NewNode(cfg config.ChatConf, newBroker NewBroker) (*Node, error) {
 	n.presenceStop, n.presenceDone = make(chan struct{}), make(chan struct{})
 	go h.Run()
 	go n.presenceLoop()
+	if n.archive != nil {
+		n.archive.start()
+	}
 	return n, nil
 }
 
@@ -177,6 +198,11 @@ func (n *Node) Publish(ctx context.Context, room, from, text, key string) (proto
 		return msg, brokerError("publish to "+room, err)
 	}
 	n.received.Add(1)
+	if n.archive != nil {
+		if err := n.archive.add(ctx, msg); err != nil {
+			return msg, storeError(err)
+		}
+	}
 	return msg, nil
 }
 
@@ -201,7 +227,24 @@ func (n *Node) History(ctx context.Context, room string, before int64, limit int
 	if err != nil {
 		return nil, brokerError("history of "+room, err)
 	}
+	if n.archive != nil {
+		// Past the broker's window, the store has the room back to its
+		// first message (SPEC §14).
+		if err := n.archive.older(ctx, room, &h, 0, before, limit); err != nil {
+			return nil, storeError(err)
+		}
+	}
 	return nonNil(h.Messages), nil
+}
+
+// storeError turns a store failure into the protocol's "unavailable".
+func storeError(err error) error {
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	logx.Errorf("store: %v", err)
+	return protocol.Errorf(protocol.CodeUnavailable, "the message store is unavailable")
 }
 
 const (
@@ -300,7 +343,9 @@ func (n *Node) UserConnections(ctx context.Context, user string) (int, error) {
 
 // Direct sends a direct message to every connection of user to, and a copy
 // to the sender's other connections (all but exclude). It reports how many
-// connections the recipient has; none is the error user_offline.
+// connections the recipient has. None is the error user_offline without a
+// store; with one, the message is stored for the recipient's next
+// connection (0 connections and no error).
 func (n *Node) Direct(ctx context.Context, from, to, text, exclude string) (protocol.Direct, int, error) {
 	if err := protocol.CheckText(text, n.cfg.MaxText); err != nil {
 		return protocol.Direct{}, 0, err
@@ -309,14 +354,19 @@ func (n *Node) Direct(ctx context.Context, from, to, text, exclude string) (prot
 	if err != nil {
 		return protocol.Direct{}, 0, err
 	}
-	if online == 0 {
+	if online == 0 && n.archive == nil {
 		return protocol.Direct{}, 0, protocol.Errorf(protocol.CodeUserOffline, "%s is not connected", to)
 	}
 	d := protocol.Direct{Type: "direct", ID: n.newID(), From: from, To: to, Text: text, TS: time.Now().UnixMilli()}
 	payload := protocol.MustEncode(d)
 	ctx, cancel := brokerContext(ctx)
 	defer cancel()
-	if err := n.broker.Emit(ctx, broker.Delivery{Kind: broker.KindEvent, Topic: broker.User(to), Payload: payload, Exclude: exclude}); err != nil {
+	if online == 0 {
+		// Kept for the recipient's next connection (SPEC §14).
+		if err := n.archive.saveDirect(ctx, d); err != nil {
+			return d, 0, err
+		}
+	} else if err := n.broker.Emit(ctx, broker.Delivery{Kind: broker.KindEvent, Topic: broker.User(to), Payload: payload, Exclude: exclude}); err != nil {
 		return d, 0, brokerError("direct to "+to, err)
 	}
 	n.received.Add(1)
@@ -441,6 +491,9 @@ func (n *Node) drain() {
 	}
 	close(n.presenceStop)
 	<-n.presenceDone
+	if n.archive != nil {
+		n.archive.close() // what was published is written before the broker goes
+	}
 	n.hub.Stop()
 	if err := n.broker.Close(); err != nil {
 		logx.Errorf("close broker: %v", err)

@@ -195,12 +195,33 @@ func (s *Session) Start() bool {
 		welcome.Session, welcome.SessionKey = s.client.ID, s.key
 	}
 	s.client.EnqueueReply(protocol.MustEncode(welcome))
+	if n.archive != nil {
+		s.deliverOffline(ctx)
+	}
 	if err := n.hub.Register(s.client); err != nil {
 		s.CloseNow(closeGoingAway, "server shutting down")
 		return false
 	}
 	s.started.Store(true)
 	return true
+}
+
+// deliverOffline queues the direct messages the store kept for the user
+// while it had no connection, right after the welcome (SPEC §14). Each goes
+// to one connection: the store hands it out once. What a connection that
+// closed meanwhile could not take is kept for the next one.
+func (s *Session) deliverOffline(ctx context.Context) {
+	a := s.node.archive
+	ds := a.takeDirects(ctx, s.client.User, s.node.cfg.MaxQueueBytes)
+	for i, d := range ds {
+		d.Type, d.Offline = "direct", true
+		if !s.client.EnqueueReply(protocol.MustEncode(d)) {
+			for _, rest := range ds[i:] {
+				_ = a.saveDirect(ctx, rest)
+			}
+			return
+		}
+	}
 }
 
 // WebSocket close codes the session uses (RFC 6455 §7.4.1); an SSE stream

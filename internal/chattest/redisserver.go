@@ -106,6 +106,26 @@ func (s *RedisServer) Resume(t testing.TB) {
 	}
 }
 
+// Restart kills the server and starts an empty one on the same address, as
+// a Redis without persistence comes back after a crash.
+func (s *RedisServer) Restart(t testing.TB) {
+	t.Helper()
+	s.kill()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var port int
+	if _, err := fmt.Sscanf(s.Addr, "127.0.0.1:%d", &port); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := startRedisServer(bin, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cmd, s.exited, s.out = fresh.cmd, fresh.exited, fresh.out
+}
+
 // kill ends the server, paused or not (SIGKILL needs no SIGCONT), and
 // waits for it.
 func (s *RedisServer) kill() {

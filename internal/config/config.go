@@ -16,6 +16,7 @@ type Config struct {
 	Chat  ChatConf
 	Redis RedisConf
 	Auth  AuthConf
+	Store StoreConf
 }
 
 // ChatConf holds the chat's limits and timings.
@@ -59,6 +60,18 @@ type RedisConf struct {
 	Password string `json:",optional"`
 	DB       int    `json:",default=0"`
 	Prefix   string `json:",default=chat"`
+}
+
+// StoreConf selects the durable store of room messages and offline direct
+// messages (SPEC §14): none (""), "sqlite" (a file, for one node) or
+// "mysql" (MySQL or MariaDB, for a cluster).
+type StoreConf struct {
+	Driver string `json:",optional,env=CHAT_STORE_DRIVER"`
+	// DSN is the SQLite file (default chat.db) or a go-sql-driver/mysql
+	// DSN (user:password@tcp(host:3306)/database).
+	DSN string `json:",optional,env=CHAT_STORE_DSN"`
+	// Retention deletes messages older than it; 0 keeps them forever.
+	Retention time.Duration `json:",optional"`
 }
 
 // AuthConf turns on token auth on /ws when AccessSecret is set.

@@ -184,6 +184,9 @@ type Direct struct {
 	To   string `json:"to"`
 	Text string `json:"text"`
 	TS   int64  `json:"ts"`
+	// Offline: the message waited in the store while the recipient had no
+	// connection (SPEC §14).
+	Offline bool `json:"offline,omitempty"`
 }
 
 // Presence is a "joined" or "left" event.

@@ -30,6 +30,9 @@ type SendResult struct {
 type DirectResult struct {
 	To string `json:"to"`
 	TS int64  `json:"ts"`
+	// Stored: the recipient had no connection; the store keeps the message
+	// for its next one (SPEC §14).
+	Stored bool `json:"stored,omitempty"`
 }
 
 // HistoryResult answers history.

@@ -218,8 +218,8 @@ func TestExpiredTokenClosesTheConnectionWith4001(t *testing.T) {
 func TestBadPublicRoomsPatternRefusesToStart(t *testing.T) {
 	cfg := chattest.Config(t).Chat
 	cfg.PublicRooms = []string{"lobby", "team-["}
-	_, err := chat.NewNode(cfg, func(_ string, h broker.Handler) (broker.Broker, error) {
-		return memory.NewBackend(broker.Options{}).Node(h), nil
+	_, err := chat.NewNode(cfg, func(w chat.Wiring) (broker.Broker, error) {
+		return memory.NewBackend(broker.Options{}).Node(w.Handler), nil
 	})
 	if err == nil || !strings.Contains(err.Error(), "Chat.PublicRooms") || !strings.Contains(err.Error(), "team-[") {
 		t.Fatalf("err %v", err)

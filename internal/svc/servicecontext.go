@@ -4,12 +4,16 @@
 package svc
 
 import (
+	"errors"
+	"fmt"
+
 	"chat/internal/broker"
 	"chat/internal/broker/memory"
 	"chat/internal/broker/redisbroker"
 	"chat/internal/chat"
 	"chat/internal/config"
 	"chat/internal/middleware"
+	"chat/internal/store"
 	"chat/internal/transport/sse"
 	"chat/internal/transport/ws"
 
@@ -27,10 +31,28 @@ type ServiceContext struct {
 	AdminKey rest.Middleware
 }
 
-// NewServiceContext builds the node on the broker the config selects.
+// NewServiceContext builds the node on the broker and the store the config
+// selects.
 func NewServiceContext(c config.Config) (*ServiceContext, error) {
-	node, err := chat.NewNode(c.Chat, newBroker(c))
+	var (
+		opts []chat.Option
+		st   *store.Store
+		err  error
+	)
+	if c.Store.Driver != "" {
+		if st, err = openStore(c.Store); err != nil {
+			return nil, err
+		}
+		// The memory broker's history dies with the process: there a send
+		// is answered once its message is stored. Redis keeps it for the
+		// sweepers to copy on.
+		opts = append(opts, chat.WithStore(st, chat.StoreOptions{Retention: c.Store.Retention, SyncSends: c.Redis.Addr == ""}))
+	}
+	node, err := chat.NewNode(c.Chat, newBroker(c), opts...)
 	if err != nil {
+		if st != nil {
+			_ = st.Close()
+		}
 		return nil, err
 	}
 	return &ServiceContext{
@@ -52,9 +74,11 @@ func newBroker(c config.Config) chat.NewBroker {
 
 		HistoryMaxBytes: c.Chat.HistoryMaxBytes,
 	}
-	return func(node string, h broker.Handler) (broker.Broker, error) {
+	return func(w chat.Wiring) (broker.Broker, error) {
+		opts := opts
+		opts.Heads, opts.StoreDelay = w.Heads, w.StoreDelay
 		if c.Redis.Addr == "" {
-			return memory.NewBackend(opts).NamedNode(node, h), nil
+			return memory.NewBackend(opts).NamedNode(w.Node, w.Handler), nil
 		}
 		return redisbroker.New(redisbroker.Options{
 			Options:  opts,
@@ -62,7 +86,29 @@ func newBroker(c config.Config) chat.NewBroker {
 			Password: c.Redis.Password,
 			DB:       c.Redis.DB,
 			Prefix:   c.Redis.Prefix,
-			Node:     node,
-		}, h)
+			Node:     w.Node,
+		}, w.Handler)
 	}
+}
+
+// openStore opens the store Store.Driver names.
+func openStore(c config.StoreConf) (*store.Store, error) {
+	dsn := c.DSN
+	switch c.Driver {
+	case store.DriverSQLite:
+		if dsn == "" {
+			dsn = "chat.db"
+		}
+	case store.DriverMySQL:
+		if dsn == "" {
+			return nil, errors.New("Store.DSN: a MySQL DSN is required with Store.Driver mysql")
+		}
+	default:
+		return nil, fmt.Errorf("Store.Driver: %q is not a store; use \"\" (none), %q or %q", c.Driver, store.DriverSQLite, store.DriverMySQL)
+	}
+	st, err := store.Open(c.Driver, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("Store: %w", err)
+	}
+	return st, nil
 }

@@ -123,6 +123,7 @@ type PostUserMessageReq struct {
 type PostUserMessageResp struct {
 	User        string `json:"user"`
 	Connections int    `json:"connections"`
+	Stored      bool   `json:"stored,omitempty"` // no connection: kept for the next (with a store)
 }
 
 type RevokeResp struct {

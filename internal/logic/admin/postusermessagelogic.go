@@ -40,5 +40,5 @@ func (l *PostUserMessageLogic) PostUserMessage(req *types.PostUserMessageReq) (r
 	if err != nil {
 		return nil, err
 	}
-	return &types.PostUserMessageResp{User: to, Connections: n}, nil
+	return &types.PostUserMessageResp{User: to, Connections: n, Stored: n == 0}, nil
 }

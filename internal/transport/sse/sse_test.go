@@ -21,8 +21,8 @@ import (
 // end of session as over HTTP/1.1 (which the end-to-end tests use).
 func TestStreamOverHTTP2StaysInTheRequest(t *testing.T) {
 	cfg := chattest.Config(t).Chat
-	node, err := chat.NewNode(cfg, func(_ string, h broker.Handler) (broker.Broker, error) {
-		return memory.NewBackend(broker.Options{}).Node(h), nil
+	node, err := chat.NewNode(cfg, func(w chat.Wiring) (broker.Broker, error) {
+		return memory.NewBackend(broker.Options{}).Node(w.Handler), nil
 	})
 	if err != nil {
 		t.Fatal(err)
