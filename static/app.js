@@ -148,8 +148,11 @@
   // Keys include the epoch: seqs restart when a room's history is reset.
   const msgItem = (m) => ({ kind: 'msg', key: `s${m.epoch}:${m.seq}`, order: m.seq, sub: 0, seq: m.seq, epoch: m.epoch,
     id: m.id, from: m.from, text: m.text, ts: m.ts, el: null });
+  // SPEC §14: `offline` marks a direct that waited in the server's store
+  // while we had no connection; `stored`, one of ours that the server kept
+  // for a peer with no connection.
   const dmItem = (d) => ({ kind: 'msg', key: 'd' + d.id, order: d.ts, sub: 0, seq: null, id: d.id,
-    from: d.from, text: d.text, ts: d.ts, el: null });
+    from: d.from, text: d.text, ts: d.ts, offline: d.offline === true, stored: d.stored === true, el: null });
   const cmpItems = (a, b) => a.order - b.order || a.sub - b.sub;
 
   function addItem(room, item) {
@@ -636,6 +639,9 @@
       .catch(() => { /* a later resync or re-join covers it */ });
   }
 
+  // A direct with `offline: true` (SPEC §14) waited in the store while we had
+  // no connection: it comes right after the welcome, oldest first, each once,
+  // and is taken like a live one (its ts, from when it was sent, orders it).
   function onDirect(d) {
     const peer = d.from === S.me ? d.to : d.from; // from me = copy from another tab
     const room = ensureDM(peer);
@@ -917,9 +923,11 @@
       const i = room.outbox.indexOf(o);
       if (i >= 0) room.outbox.splice(i, 1);
       // Replace the pending entry by the confirmed one; if the `message`
-      // event came first, addItem sees the same seq and skips it.
+      // event came first, addItem sees the same seq and skips it. A direct
+      // to a peer with no connection comes back `stored` when the server
+      // has a store (SPEC §14): it reaches them when they next connect.
       addItem(room, room.dm
-        ? dmItem({ id: 'local-' + o.key, from: S.me, to: room.peer, text: o.text, ts: r.ts || Date.now() })
+        ? dmItem({ id: 'local-' + o.key, from: S.me, to: room.peer, text: o.text, ts: r.ts || Date.now(), stored: r.stored })
         : msgItem({ seq: r.seq, epoch: room.epoch, from: S.me, text: o.text, ts: r.ts || Date.now() }));
       renderAll();
       return r;
@@ -1111,7 +1119,17 @@
     time.dateTime = new Date(it.ts).toISOString();
     meta.append(el('span', 'from', from === S.me ? `${from} (you)` : from), time);
     if (out && it.status === 'pending') meta.append(el('span', 'state', 'sending…'));
+    if (it.offline) {
+      li.classList.add('offline');
+      const away = el('span', 'away', 'sent while you were away');
+      away.title = 'The server kept this message until you connected';
+      meta.append(away);
+    }
     li.append(meta, el('div', 'text', it.text));
+    if (it.stored) {
+      li.classList.add('stored');
+      li.append(el('div', 'stored-note', `Delivered when ${room.peer} connects`));
+    }
     if (out && it.status === 'failed') {
       const err = el('div', 'error');
       err.append(el('span', 'error-text', it.error));
