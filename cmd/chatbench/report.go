@@ -63,6 +63,9 @@ type report struct {
 	SenderDisconnects   map[string]int `json:"sender_disconnects,omitempty"`
 
 	Latency      latencySummary            `json:"latency"`
+	// ReplyLatency: from writing a send to reading its (successful) reply
+	// on the sender's connection; none in raw mode.
+	ReplyLatency *latencySummary `json:"reply_latency,omitempty"`
 	LatencyByURL map[string]latencySummary `json:"latency_by_url,omitempty"`
 
 	Leave *leaveReport `json:"leave,omitempty"` // chat mode, after the drain, unless the run had stopped
@@ -144,7 +147,9 @@ func (b *bench) finish(ctx context.Context, rep *report, srv *serverProbe, self0
 	// Senders.
 	acked := make([]bitset, b.cfg.senders)
 	var ackedTotal int64
+	replies := &histogram{}
 	for _, s := range b.senders {
+		replies.merge(s.replyHist)
 		rep.Sent += int64(s.sent)
 		n := s.acked.count()
 		ackedTotal += n
@@ -194,6 +199,10 @@ func (b *bench) finish(ctx context.Context, rep *report, srv *serverProbe, self0
 	}
 	rep.Expected = ackedTotal * int64(len(b.receivers))
 	rep.Latency = all.summary()
+	if replies.n > 0 {
+		r := replies.summary()
+		rep.ReplyLatency = &r
+	}
 	if len(b.cfg.urls) > 1 {
 		rep.LatencyByURL = map[string]latencySummary{}
 		for u, h := range byURL {
@@ -372,6 +381,9 @@ func (rep *report) writeText(w io.Writer) {
 	if !rep.ConnectOnly && !rep.SetupFailed {
 		p("latency (receive time - send time)")
 		p("  all           %s", fmtLatency(rep.Latency))
+		if rep.ReplyLatency != nil {
+			p("  send reply    %s", fmtLatency(*rep.ReplyLatency))
+		}
 		for _, u := range slices.Sorted(maps.Keys(rep.LatencyByURL)) {
 			p("  %s  %s", u, fmtLatency(rep.LatencyByURL[u]))
 		}

@@ -31,6 +31,11 @@ type sender struct {
 	disconnect string
 	readDone   chan struct{}
 
+	// sentAt[k] is when message k was written (unix ns), for the reply
+	// latency; replyHist is the read goroutine's, like acked.
+	sentAt    []atomic.Int64
+	replyHist *histogram
+
 	ackedN   atomic.Int64 // messages the server accepted (raw: written)
 	answered atomic.Int64 // replies received, success or error (chat mode)
 }
@@ -47,6 +52,8 @@ func newSender(id int, ws *websocket.Conn, cfg *config) *sender {
 		acked:      newBitset(cfg.messages + 1),
 		errorCodes: map[string]int{},
 		readDone:   make(chan struct{}),
+		sentAt:     make([]atomic.Int64, cfg.messages+1),
+		replyHist:  &histogram{},
 	}
 }
 
@@ -78,6 +85,7 @@ func (s *sender) sendLoop(ctx context.Context, start time.Time) {
 			}
 		}
 		buf = s.frame(buf[:0], k)
+		s.sentAt[k].Store(time.Now().UnixNano())
 		_ = s.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if err := s.ws.WriteMessage(websocket.TextMessage, buf); err != nil {
 			s.writeErr = closeReason(err)
@@ -175,6 +183,9 @@ func (s *sender) handleReply(line []byte) {
 	}
 	s.answered.Add(1)
 	ok := !bytes.Contains(line, errorKey)
+	if at := s.sentAt[k].Load(); ok && at > 0 {
+		s.replyHist.record(time.Now().UnixNano() - at)
+	}
 	if ok {
 		if !s.acked.has(k) {
 			s.acked.set(k)
