@@ -62,11 +62,11 @@ type report struct {
 	DisconnectReasons   map[string]int `json:"disconnect_reasons,omitempty"`
 	SenderDisconnects   map[string]int `json:"sender_disconnects,omitempty"`
 
-	Latency latencySummary `json:"latency"`
+	Latency      latencySummary            `json:"latency"`
+	LatencyByURL map[string]latencySummary `json:"latency_by_url,omitempty"`
 	// ReplyLatency: from writing a send to reading its (successful) reply
 	// on the sender's connection; none in raw mode.
-	ReplyLatency *latencySummary           `json:"reply_latency,omitempty"`
-	LatencyByURL map[string]latencySummary `json:"latency_by_url,omitempty"`
+	ReplyLatency *latencySummary `json:"reply_latency,omitempty"`
 
 	Leave *leaveReport `json:"leave,omitempty"` // chat mode, after the drain, unless the run had stopped
 
