@@ -175,14 +175,14 @@ func (s *suite) claimOfADeadCallerExpiresAfterTheLease(t *testing.T) {
 
 func (s *suite) storeDelayHoldsARoomBack(t *testing.T) {
 	opts := storeOptions(&heads{})
-	opts.StoreDelay = 300 * time.Millisecond
+	opts.StoreDelay = 2 * time.Second // the claim right after the publish must come before it, even on a loaded machine
 	e := s.env(t, opts)
 	n := e.node()
 	publishN(t, n, "lobby", 1)
 	if got := claim(t, n, time.Minute); len(got) != 0 {
 		t.Fatalf("claim right after the publish = %+v, want none before StoreDelay", got)
 	}
-	e.cluster.Advance(t, opts.StoreDelay+200*time.Millisecond)
+	e.cluster.Advance(t, opts.StoreDelay+300*time.Millisecond)
 	if got := claim(t, n, time.Minute); len(got) != 1 {
 		t.Fatalf("claim after StoreDelay = %+v, want lobby", got)
 	}
