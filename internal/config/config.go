@@ -54,12 +54,28 @@ type ChatConf struct {
 	ApiKey      string   `json:",optional,env=CHAT_API_KEY"`
 }
 
-// RedisConf selects the broker: an empty Addr runs one node in memory.
+// RedisConf selects the broker: in single mode an empty Addr runs one node
+// in memory. Sentinel mode finds the master through SentinelAddrs by
+// MasterName; cluster mode starts from Addrs (SPEC §15).
 type RedisConf struct {
-	Addr     string `json:",optional,env=CHAT_REDIS_ADDR"`
-	Password string `json:",optional"`
-	DB       int    `json:",default=0"`
-	Prefix   string `json:",default=chat"`
+	Mode          string   `json:",default=single,options=single|sentinel|cluster,env=CHAT_REDIS_MODE"`
+	Addr          string   `json:",optional,env=CHAT_REDIS_ADDR"`
+	MasterName    string   `json:",optional"`
+	SentinelAddrs []string `json:",optional"`
+	Addrs         []string `json:",optional"`
+	Password      string   `json:",optional"`
+	DB            int      `json:",default=0"`
+	Prefix        string   `json:",default=chat"`
+	// MinReplicaAcks: in sentinel and cluster modes a send is acknowledged
+	// once this many replicas hold it (WAIT); 0 trades that for
+	// availability, and a failover may then lose acknowledged messages.
+	MinReplicaAcks int `json:",default=1"`
+}
+
+// InMemory reports whether the config runs one node on the in-memory
+// broker: single mode without an address.
+func (r RedisConf) InMemory() bool {
+	return (r.Mode == "" || r.Mode == "single") && r.Addr == ""
 }
 
 // StoreConf selects the durable store of room messages and offline direct

@@ -46,7 +46,7 @@ func NewServiceContext(c config.Config) (*ServiceContext, error) {
 		// The memory broker's history dies with the process: there a send
 		// is answered once its message is stored. Redis keeps it for the
 		// sweepers to copy on.
-		opts = append(opts, chat.WithStore(st, chat.StoreOptions{Retention: c.Store.Retention, SyncSends: c.Redis.Addr == ""}))
+		opts = append(opts, chat.WithStore(st, chat.StoreOptions{Retention: c.Store.Retention, SyncSends: c.Redis.InMemory()}))
 	}
 	node, err := chat.NewNode(c.Chat, newBroker(c), opts...)
 	if err != nil {
@@ -77,16 +77,21 @@ func newBroker(c config.Config) chat.NewBroker {
 	return func(w chat.Wiring) (broker.Broker, error) {
 		opts := opts
 		opts.Heads, opts.StoreDelay = w.Heads, w.StoreDelay
-		if c.Redis.Addr == "" {
+		if c.Redis.InMemory() {
 			return memory.NewBackend(opts).NamedNode(w.Node, w.Handler), nil
 		}
 		return redisbroker.New(redisbroker.Options{
-			Options:  opts,
-			Addr:     c.Redis.Addr,
-			Password: c.Redis.Password,
-			DB:       c.Redis.DB,
-			Prefix:   c.Redis.Prefix,
-			Node:     w.Node,
+			Options:        opts,
+			Mode:           c.Redis.Mode,
+			Addr:           c.Redis.Addr,
+			MasterName:     c.Redis.MasterName,
+			SentinelAddrs:  c.Redis.SentinelAddrs,
+			Addrs:          c.Redis.Addrs,
+			Password:       c.Redis.Password,
+			DB:             c.Redis.DB,
+			Prefix:         c.Redis.Prefix,
+			Node:           w.Node,
+			MinReplicaAcks: c.Redis.MinReplicaAcks,
 		}, w.Handler)
 	}
 }

@@ -27,11 +27,24 @@ import (
 // Options are the broker's settings beyond broker.Options.
 type Options struct {
 	broker.Options
-	Addr     string
-	Password string
-	DB       int
-	Prefix   string // key and channel prefix
-	Node     string // this node's id, for its probe channel
+	// Mode is how Redis is deployed: ModeSingle (Addr), ModeSentinel
+	// (MasterName, SentinelAddrs) or ModeCluster (Addrs).
+	Mode          string
+	Addr          string
+	MasterName    string
+	SentinelAddrs []string
+	Addrs         []string
+	Password      string
+	DB            int
+	Prefix        string // key and channel prefix
+	Node          string // this node's id, for its probe channel
+	// MinReplicaAcks (sentinel and cluster modes): a publish is
+	// acknowledged once this many replicas hold it (WAIT); 0 trades that
+	// for availability. Redis replicates asynchronously: without it a
+	// failover can lose an acknowledged message.
+	MinReplicaAcks int
+	// ReplicaAckTimeout bounds the WAIT; 0: 1s.
+	ReplicaAckTimeout time.Duration
 
 	// ProbeInterval is how often the node publishes a probe to itself to
 	// prove its subscription still receives; 0: 5s.
@@ -41,7 +54,7 @@ type Options struct {
 // Broker is one node's Redis broker.
 type Broker struct {
 	opts    Options
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	handler broker.Handler
 	prefix  string
 	started time.Time // when the node started, for Nodes
@@ -75,13 +88,16 @@ func New(opts Options, handler broker.Handler) (*Broker, error) {
 	if opts.ProbeInterval <= 0 {
 		opts.ProbeInterval = 5 * time.Second
 	}
+	if opts.ReplicaAckTimeout <= 0 {
+		opts.ReplicaAckTimeout = time.Second
+	}
+	rdb, err := newClient(opts)
+	if err != nil {
+		return nil, err
+	}
 	b := &Broker{
-		opts: opts,
-		rdb: redis.NewClient(&redis.Options{
-			Addr: opts.Addr, Password: opts.Password, DB: opts.DB,
-			DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-			MaxRetries: 1,
-		}),
+		opts:     opts,
+		rdb:      rdb,
 		handler:  handler,
 		prefix:   opts.Prefix + ":",
 		channels: make(map[string]broker.Topic),
@@ -95,15 +111,77 @@ func New(opts Options, handler broker.Handler) (*Broker, error) {
 	}
 	b.channels[b.channel(broker.BroadcastTopic)] = broker.BroadcastTopic
 	b.channels[b.probeChannel()] = broker.Topic{}
+	// A broadcast made once New returned reaches this node: New waits for
+	// the subscription, as Subscribe does, but only so long (Redis may be
+	// down; the subscriber keeps trying).
+	subscribed := make(chan struct{})
+	b.waiters[b.channel(broker.BroadcastTopic)] = []chan struct{}{subscribed}
 	b.pubsub = b.rdb.Subscribe(context.Background(), b.channelList()...)
 	b.wg.Add(3)
 	go b.receive(b.pubsub)
 	go b.refreshLoop()
 	go b.probeLoop()
+	select {
+	case <-subscribed:
+	case <-time.After(2 * time.Second):
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	_ = b.announce(ctx) // at once, so that /api/cluster lists a node that just started; the refresh repeats it
 	return b, nil
+}
+
+// The modes of Options.Mode.
+const (
+	ModeSingle   = "single"
+	ModeSentinel = "sentinel"
+	ModeCluster  = "cluster"
+)
+
+// clusterReady turns cluster mode on once the broker's keys and pub/sub
+// are sharded for it (SPEC §15; not yet).
+const clusterReady = false
+
+// newClient makes the go-redis client of the mode: each is a
+// redis.UniversalClient, which is all the broker uses.
+func newClient(opts Options) (redis.UniversalClient, error) {
+	const timeout = 2 * time.Second
+	switch opts.Mode {
+	case "", ModeSingle:
+		return redis.NewClient(&redis.Options{
+			Addr: opts.Addr, Password: opts.Password, DB: opts.DB,
+			DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
+			MaxRetries: 1,
+		}), nil
+	case ModeSentinel:
+		if opts.MasterName == "" || len(opts.SentinelAddrs) == 0 {
+			return nil, errors.New("Redis.Mode sentinel needs Redis.MasterName and Redis.SentinelAddrs")
+		}
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: opts.MasterName, SentinelAddrs: opts.SentinelAddrs,
+			Password: opts.Password, DB: opts.DB,
+			DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
+			MaxRetries: 1,
+		}), nil
+	case ModeCluster:
+		if len(opts.Addrs) == 0 {
+			return nil, errors.New("Redis.Mode cluster needs Redis.Addrs")
+		}
+		if !clusterReady {
+			return nil, errors.New("Redis.Mode cluster: not supported yet (the room scripts and pub/sub are not sharded); use single or sentinel")
+		}
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: opts.Addrs, Password: opts.Password,
+			DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
+			MaxRetries: 1,
+			// go-redis refreshes its slot map only on MOVED or every 60s by
+			// default: after a failover it would dial the dead master for
+			// up to a minute (redis/go-redis#3979).
+			ClusterStateReloadInterval: time.Second,
+		}), nil
+	default:
+		return nil, fmt.Errorf("Redis.Mode: %q is not a mode; use %q, %q or %q", opts.Mode, ModeSingle, ModeSentinel, ModeCluster)
+	}
 }
 
 // Keys. Room keys share a {room} hash tag so that a script's keys live in
@@ -209,12 +287,12 @@ func (b *Broker) Publish(ctx context.Context, p broker.Publication) (protocol.Me
 		unstored = b.unstoredKey()
 	}
 	for seeded := false; ; seeded = true {
-		raw, err := publishScript.Run(ctx, b.rdb,
+		raw, err := b.evalPublish(ctx,
 			[]string{b.metaKey(p.Room), b.histKey(p.Room), idem, unstored},
 			unescapeHTML(jsonString(p.Room)), tail, broker.NewEpoch(), b.opts.HistorySize,
 			b.opts.HistoryTTL.Milliseconds(), b.opts.KeyTTL.Milliseconds(), b.channel(broker.Room(p.Room)),
 			time.Now().Add(b.opts.StoreDelay).UnixMilli(), p.Room,
-		).Text()
+		)
 		if err != nil {
 			return protocol.Message{}, unavailable("publish to "+p.Room, err)
 		}
@@ -229,6 +307,65 @@ func (b *Broker) Publish(ctx context.Context, p broker.Publication) (protocol.Me
 			return protocol.Message{}, fmt.Errorf("publish to %s: decode %q: %w", p.Room, raw, err)
 		}
 		return msg, nil
+	}
+}
+
+// replicated reports whether a publish must wait for replicas (WAIT):
+// MinReplicaAcks in sentinel or cluster mode.
+func (b *Broker) replicated() bool {
+	return b.opts.MinReplicaAcks > 0 && (b.opts.Mode == ModeSentinel || b.opts.Mode == ModeCluster)
+}
+
+// evalPublish runs the publish script. When replicas must confirm, WAIT
+// follows the script in one pipeline, so on the same connection: WAIT
+// counts the replicas that have that connection's writes. Fewer than
+// MinReplicaAcks within ReplicaAckTimeout is ErrUnavailable: the outcome is
+// unknown (the message is published, and a failover may still lose it), so
+// it is not acknowledged, and a retry with the same key is safe.
+//
+// The PUBLISH stays in the script, before the WAIT: publishing only after
+// WAIT would let two nodes' messages reach the channel out of seq order,
+// and under load every such reorder becomes a gap fill (or, past history,
+// a resync). The price: a member may see a message that was answered
+// unavailable and that a failover then loses (docs/design.md).
+func (b *Broker) evalPublish(ctx context.Context, keys []string, args ...any) (string, error) {
+	if !b.replicated() {
+		return publishScript.Run(ctx, b.rdb, keys, args...).Text()
+	}
+	var c redis.Cmdable = b.rdb
+	if cc, ok := b.rdb.(*redis.ClusterClient); ok {
+		master, err := cc.MasterForKey(ctx, keys[0]) // the room's shard: WAIT must reach it too
+		if err != nil {
+			return "", err
+		}
+		c = master
+	}
+	for loaded := false; ; loaded = true {
+		pipe := c.Pipeline()
+		eval := pipe.EvalSha(ctx, publishScript.Hash(), keys, args...)
+		wait := pipe.Do(ctx, "WAIT", b.opts.MinReplicaAcks, b.opts.ReplicaAckTimeout.Milliseconds())
+		_, _ = pipe.Exec(ctx)
+		if err := eval.Err(); err != nil {
+			if !loaded && redis.HasErrorPrefix(err, "NOSCRIPT") {
+				if err := publishScript.Load(ctx, c).Err(); err != nil {
+					return "", err
+				}
+				continue
+			}
+			return "", err
+		}
+		raw, err := eval.Text()
+		if err != nil || raw == noHead {
+			return raw, err // no write: nothing to wait for
+		}
+		acks, err := wait.Int()
+		if err != nil {
+			return "", fmt.Errorf("wait for replicas: %w", err)
+		}
+		if acks < b.opts.MinReplicaAcks {
+			return "", fmt.Errorf("%d of %d replicas confirmed within %v", acks, b.opts.MinReplicaAcks, b.opts.ReplicaAckTimeout)
+		}
+		return raw, nil
 	}
 }
 
@@ -640,4 +777,14 @@ func (b *Broker) catchUp(room string, seq int64, epoch string) {
 		}
 		b.deliverMessage(m, protocol.MustEncode(m))
 	}
+}
+
+// go-redis logs to stderr by itself: in sentinel mode a line per new
+// connection. Its lines go to logx at debug level instead.
+func init() { redis.SetLogger(redisLog{}) }
+
+type redisLog struct{}
+
+func (redisLog) Printf(_ context.Context, format string, v ...any) {
+	logx.Debugf("go-redis: "+format, v...)
 }
