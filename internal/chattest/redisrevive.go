@@ -1,6 +1,11 @@
 package chattest
 
-import "testing"
+import (
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+)
 
 // Revive starts the killed server at addr again, empty, on its port, as a
 // supervisor restarts a crashed Redis: the sentinels then make it a
@@ -12,5 +17,20 @@ func (s *Sentinel) Revive(t testing.TB, addr string) {
 	if !ok {
 		t.Fatalf("%s is none of this setup's servers", addr)
 	}
-	p.Restart(t)
+	p.kill()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(addr[strings.LastIndexByte(addr, ':')+1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// --dir: a replica's sync writes its dump there, not in the package.
+	fresh, err := startRedisProcess(bin, port, redisArgs(port, t.TempDir())...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.procs[addr] = fresh
+	t.Cleanup(fresh.kill)
 }
