@@ -210,6 +210,7 @@ type RedisCluster struct {
 
 	procs   haProcs                  // every node by address
 	clients map[string]*redis.Client // every node by address
+	dir     string                   // the nodes' directory and cluster config files
 }
 
 // StartRedisCluster runs six cluster nodes and joins them with redis-cli
@@ -222,15 +223,12 @@ func StartRedisCluster(t testing.TB) *RedisCluster {
 	bin := needRedis(t, "redis-server")
 	cli := needRedis(t, "redis-cli")
 	dir := t.TempDir()
-	c := &RedisCluster{procs: haProcs{}, clients: map[string]*redis.Client{}}
+	c := &RedisCluster{procs: haProcs{}, clients: map[string]*redis.Client{}, dir: dir}
 
 	var addrs []string
 	for range 6 {
 		node := c.procs.start(t, clusterPort, func(port int) (*RedisServer, error) {
-			return startRedisProcess(bin, port, append(redisArgs(port, dir),
-				"--cluster-enabled", "yes",
-				"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", port)),
-				"--cluster-node-timeout", strconv.FormatInt(clusterNodeTimeout.Milliseconds(), 10))...)
+			return startRedisProcess(bin, port, clusterNodeArgs(port, dir)...)
 		})
 		addrs = append(addrs, node.Addr)
 		c.clients[node.Addr] = haClient(t, node.Addr)
@@ -600,4 +598,13 @@ func infoField(info, name string) string {
 		}
 	}
 	return ""
+}
+
+// clusterNodeArgs are a cluster node's arguments: its config file (nodes
+// and slots) lives in dir, where a restarted node finds it again.
+func clusterNodeArgs(port int, dir string) []string {
+	return append(redisArgs(port, dir),
+		"--cluster-enabled", "yes",
+		"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", port)),
+		"--cluster-node-timeout", strconv.FormatInt(clusterNodeTimeout.Milliseconds(), 10))
 }

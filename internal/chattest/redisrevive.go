@@ -34,3 +34,29 @@ func (s *Sentinel) Revive(t testing.TB, addr string) {
 	s.procs[addr] = fresh
 	t.Cleanup(fresh.kill)
 }
+
+// Revive starts the killed node at addr again with its cluster config: it
+// rejoins the cluster and, its slots having moved to its replica, becomes
+// that new master's replica.
+func (c *RedisCluster) Revive(t testing.TB, addr string) {
+	t.Helper()
+	p, ok := c.procs[addr]
+	if !ok {
+		t.Fatalf("%s is none of this cluster's nodes", addr)
+	}
+	p.kill()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(addr[strings.LastIndexByte(addr, ':')+1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := startRedisProcess(bin, port, clusterNodeArgs(port, c.dir)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.procs[addr] = fresh
+	t.Cleanup(fresh.kill)
+}

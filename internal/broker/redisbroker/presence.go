@@ -40,6 +40,9 @@ func (b *Broker) Connect(ctx context.Context, c broker.Conn) error {
 	b.conns[c.Client] = c
 	b.mu.Unlock()
 	pipe := b.rdb.TxPipeline()
+	if b.sharded() {
+		pipe = b.rdb.Pipeline() // the keys are in several slots: no MULTI across them in a cluster
+	}
 	b.addConn(ctx, pipe, c)
 	pipe.HIncrBy(ctx, b.nodeKey(b.opts.Node), "conns", 1) // the refresh sets it whole
 	_, err := pipe.Exec(ctx)
@@ -542,7 +545,7 @@ func (b *Broker) probeLoop() {
 		stale := time.Since(b.probed) > 3*b.opts.ProbeInterval
 		b.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), b.opts.ProbeInterval)
-		err := b.rdb.Publish(ctx, b.probeChannel(), "p").Err()
+		err := b.publish(ctx, b.probeChannel(), "p")
 		cancel()
 		if stale && err == nil {
 			logx.Errorf("redis broker: subscription stopped receiving; rebuilding it")
@@ -570,6 +573,8 @@ func (b *Broker) Close() error {
 	close(b.stop)
 	b.mu.Lock()
 	ps := b.pubsub
+	shards := b.shards
+	b.shards = map[int]*redis.PubSub{}
 	conns := b.conns
 	joins := b.joins
 	b.conns, b.joins = map[string]broker.Conn{}, map[string]map[string]broker.Conn{}
@@ -591,6 +596,9 @@ func (b *Broker) Close() error {
 	}
 	_, _ = b.execScripts(ctx, pipe, scripts(roomCalls(left, b.leaveCall)))
 	_ = ps.Close()
+	for _, s := range shards {
+		_ = s.Close()
+	}
 	b.wg.Wait()
 	return b.rdb.Close()
 }

@@ -12,9 +12,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"chat/internal/broker"
@@ -59,14 +61,19 @@ type Broker struct {
 	prefix  string
 	started time.Time // when the node started, for Nodes
 
-	mu       sync.Mutex
-	pubsub   *redis.PubSub
-	channels map[string]broker.Topic // subscribed channel -> topic
-	waiters  map[string][]chan struct{}
-	rooms    map[string]*roomState // subscribed rooms: what was delivered
-	conns    map[string]broker.Conn
-	joins    map[string]map[string]broker.Conn // room -> client -> conn
-	probed   time.Time                         // when the last probe came back
+	mu     sync.Mutex
+	pubsub *redis.PubSub
+	shards map[int]*redis.PubSub // cluster mode: a sharded pub/sub connection per partition with members here
+
+	// roomTraffic counts what arrived on room channels: a node receives
+	// its rooms' traffic only (checked by the cluster tests).
+	roomTraffic atomic.Int64
+	channels    map[string]broker.Topic // subscribed channel -> topic
+	waiters     map[string][]chan struct{}
+	rooms       map[string]*roomState // subscribed rooms: what was delivered
+	conns       map[string]broker.Conn
+	joins       map[string]map[string]broker.Conn // room -> client -> conn
+	probed      time.Time                         // when the last probe came back
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -101,6 +108,7 @@ func New(opts Options, handler broker.Handler) (*Broker, error) {
 		handler:  handler,
 		prefix:   opts.Prefix + ":",
 		channels: make(map[string]broker.Topic),
+		shards:   make(map[int]*redis.PubSub),
 		waiters:  make(map[string][]chan struct{}),
 		rooms:    make(map[string]*roomState),
 		conns:    make(map[string]broker.Conn),
@@ -138,10 +146,6 @@ const (
 	ModeCluster  = "cluster"
 )
 
-// clusterReady turns cluster mode on once the broker's keys and pub/sub
-// are sharded for it (SPEC §15; not yet).
-const clusterReady = false
-
 // newClient makes the go-redis client of the mode: each is a
 // redis.UniversalClient, which is all the broker uses.
 func newClient(opts Options) (redis.UniversalClient, error) {
@@ -167,9 +171,6 @@ func newClient(opts Options) (redis.UniversalClient, error) {
 		if len(opts.Addrs) == 0 {
 			return nil, errors.New("Redis.Mode cluster needs Redis.Addrs")
 		}
-		if !clusterReady {
-			return nil, errors.New("Redis.Mode cluster: not supported yet (the room scripts and pub/sub are not sharded); use single or sentinel")
-		}
 		return redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs: opts.Addrs, Password: opts.Password,
 			DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
@@ -186,25 +187,52 @@ func newClient(opts Options) (redis.UniversalClient, error) {
 
 // Keys. Room keys share a {room} hash tag so that a script's keys live in
 // one slot of a Redis Cluster.
-func (b *Broker) metaKey(room string) string { return b.prefix + "room:{" + room + "}:meta" }
-func (b *Broker) histKey(room string) string { return b.prefix + "room:{" + room + "}:history" }
+//
+// In cluster mode the tag is the room's partition, {p0} to {p15}, and
+// the room's name follows it: a partition's rooms share a slot, so that the
+// publish script can also mark the partition's unstored set and SPUBLISH
+// on the room's shard channel (both in the slot), and a node needs one
+// sharded pub/sub connection per partition it has members in, not one per
+// room.
+func (b *Broker) roomBase(kind, room string) string {
+	if b.sharded() {
+		return b.prefix + kind + ":{p" + strconv.Itoa(partition(room)) + "}:" + room
+	}
+	return b.prefix + kind + ":{" + room + "}"
+}
+
+// clusterPartitions is how many slots (and shard channels' connections
+// per node at most) a cluster's rooms spread over: more than any cluster
+// here has masters, few enough to claim each every second.
+const clusterPartitions = 16
+
+// PartitionTag is the hash tag of a room's keys and shard channel in
+// cluster mode, e.g. "{p7}": a key named by it alone is in the room's slot.
+func PartitionTag(room string) string { return "{p" + strconv.Itoa(partition(room)) + "}" }
+
+func partition(room string) int { return int(crc32.ChecksumIEEE([]byte(room)) % clusterPartitions) }
+
+// sharded reports whether rooms use hash-tagged partitions and sharded
+// pub/sub (cluster mode).
+func (b *Broker) sharded() bool { return b.opts.Mode == ModeCluster }
+
+func (b *Broker) metaKey(room string) string { return b.roomBase("room", room) + ":meta" }
+func (b *Broker) histKey(room string) string { return b.roomBase("room", room) + ":history" }
 func (b *Broker) idemKey(room, from, key string) string {
-	return b.prefix + "room:{" + room + "}:key:" + strconv.Itoa(len(from)) + ":" + from + ":" + key
+	return b.roomBase("room", room) + ":key:" + strconv.Itoa(len(from)) + ":" + from + ":" + key
 }
 
 // A room's presence keys (see presenceLib): its clients by expiry, their
 // users, and the index of its users with their connection counts.
-func (b *Broker) roomPresenceKey(room string) string {
-	return b.prefix + "presence:room:{" + room + "}"
-}
+func (b *Broker) roomPresenceKey(room string) string { return b.roomBase("presence:room", room) }
 func (b *Broker) roomUsersKey(room string) string {
-	return b.prefix + "presence:room:{" + room + "}:users"
+	return b.roomBase("presence:room", room) + ":users"
 }
 func (b *Broker) roomCountsKey(room string) string {
-	return b.prefix + "presence:room:{" + room + "}:counts"
+	return b.roomBase("presence:room", room) + ":counts"
 }
 func (b *Broker) roomIndexKey(room string) string {
-	return b.prefix + "presence:room:{" + room + "}:index"
+	return b.roomBase("presence:room", room) + ":index"
 }
 
 // roomPresenceKeys are the KEYS of the presence scripts, in presenceLib's order.
@@ -218,7 +246,7 @@ func (b *Broker) userPresenceKey(user string) string {
 func (b *Broker) roomsKey() string { return b.prefix + "presence:rooms" }
 
 // grantsKey holds the users granted a private room (SPEC §13).
-func (b *Broker) grantsKey(room string) string { return b.prefix + "room:{" + room + "}:grants" }
+func (b *Broker) grantsKey(room string) string { return b.roomBase("room", room) + ":grants" }
 
 // nodesKey lists the live nodes, scored by expiry; nodeKey holds a
 // node's announcement; usersKey lists users with a connection, scored by
@@ -229,7 +257,29 @@ func (b *Broker) usersKey() string           { return b.prefix + "presence:users
 
 // unstoredKey lists the rooms with messages not known to be in the
 // store, scored by when they are due (ClaimUnstored).
-func (b *Broker) unstoredKey() string { return b.prefix + "store:unstored" }
+// In cluster mode each partition has its own, in its slot.
+func (b *Broker) unstoredKey(room string) string {
+	if b.sharded() {
+		return b.partitionUnstoredKey(partition(room))
+	}
+	return b.prefix + "store:unstored"
+}
+
+func (b *Broker) partitionUnstoredKey(p int) string {
+	return b.prefix + "store:unstored:{p" + strconv.Itoa(p) + "}"
+}
+
+// unstoredKeys are every unstored set, for the sweepers' claims.
+func (b *Broker) unstoredKeys() []string {
+	if !b.sharded() {
+		return []string{b.unstoredKey("")}
+	}
+	keys := make([]string, clusterPartitions)
+	for p := range keys {
+		keys[p] = b.partitionUnstoredKey(p)
+	}
+	return keys
+}
 
 // sessionKey holds a session's node and key hash (Session).
 func (b *Broker) sessionKey(client string) string { return b.prefix + "session:" + client }
@@ -239,6 +289,9 @@ func (b *Broker) sessionKey(client string) string { return b.prefix + "session:"
 func (b *Broker) channel(t broker.Topic) string {
 	switch t.Kind {
 	case broker.TopicRoom:
+		if b.sharded() {
+			return b.roomBase("ch:room", t.Name) // a shard channel, in the room's slot
+		}
 		return b.prefix + "ch:room:" + t.Name
 	case broker.TopicUser:
 		return b.prefix + "ch:user:" + t.Name
@@ -251,10 +304,14 @@ func (b *Broker) channel(t broker.Topic) string {
 
 func (b *Broker) probeChannel() string { return b.prefix + "ch:probe:" + b.opts.Node }
 
+// channelList lists the channels of the classic pub/sub connection (shard
+// channels have their own).
 func (b *Broker) channelList() []string {
 	list := make([]string, 0, len(b.channels))
-	for ch := range b.channels {
-		list = append(list, ch)
+	for ch, t := range b.channels {
+		if !b.shardedTopic(t) {
+			list = append(list, ch)
+		}
 	}
 	return list
 }
@@ -282,16 +339,26 @@ func (b *Broker) Publish(ctx context.Context, p broker.Publication) (protocol.Me
 	// No json.Marshal escaping of HTML here: protocol.Encode does not
 	// escape either, and both brokers must send the same bytes.
 	tail = unescapeHTML(tail)
-	unstored := ""
+	// A key the script does not use is given as the meta key: a Redis
+	// Cluster routes a script by its keys, which must share one slot.
+	meta := b.metaKey(p.Room)
+	if idem == "" {
+		idem = meta
+	}
+	unstored := meta
 	if b.opts.Heads != nil {
-		unstored = b.unstoredKey()
+		unstored = b.unstoredKey(p.Room)
+	}
+	publish := "PUBLISH"
+	if b.sharded() {
+		publish = "SPUBLISH"
 	}
 	for seeded := false; ; seeded = true {
 		raw, err := b.evalPublish(ctx,
-			[]string{b.metaKey(p.Room), b.histKey(p.Room), idem, unstored},
+			[]string{meta, b.histKey(p.Room), idem, unstored},
 			unescapeHTML(jsonString(p.Room)), tail, broker.NewEpoch(), b.opts.HistorySize,
 			b.opts.HistoryTTL.Milliseconds(), b.opts.KeyTTL.Milliseconds(), b.channel(broker.Room(p.Room)),
-			time.Now().Add(b.opts.StoreDelay).UnixMilli(), p.Room,
+			time.Now().Add(b.opts.StoreDelay).UnixMilli(), p.Room, publish,
 		)
 		if err != nil {
 			return protocol.Message{}, unavailable("publish to "+p.Room, err)
@@ -449,9 +516,15 @@ func (b *Broker) History(ctx context.Context, room string, q broker.HistoryQuery
 func (b *Broker) ClaimUnstored(ctx context.Context, lease time.Duration, limit int) ([]broker.Unstored, error) {
 	now := time.Now()
 	token := now.Add(lease).UnixMilli()
-	rooms, err := claimScript.Run(ctx, b.rdb, []string{b.unstoredKey()}, now.UnixMilli(), token, limit).StringSlice()
-	if err != nil {
-		return nil, unavailable("claim unstored rooms", err)
+	var rooms []string
+	for _, key := range b.unstoredKeys() {
+		claimed, err := claimScript.Run(ctx, b.rdb, []string{key}, now.UnixMilli(), token, limit-len(rooms)).StringSlice()
+		if err != nil {
+			return nil, unavailable("claim unstored rooms", err)
+		}
+		if rooms = append(rooms, claimed...); len(rooms) >= limit {
+			break
+		}
 	}
 	if len(rooms) == 0 {
 		return nil, nil
@@ -490,7 +563,7 @@ func (b *Broker) MarkStored(ctx context.Context, u broker.Unstored) error {
 			return unavailable("mark "+u.Room+" stored", err)
 		}
 	}
-	if err := releaseScript.Run(ctx, b.rdb, []string{b.unstoredKey()}, u.Room, u.Claim).Err(); err != nil {
+	if err := releaseScript.Run(ctx, b.rdb, []string{b.unstoredKey(u.Room)}, u.Room, u.Claim).Err(); err != nil {
 		return unavailable("release "+u.Room, err)
 	}
 	return nil
@@ -518,8 +591,15 @@ func (b *Broker) Subscribe(ctx context.Context, t broker.Topic) error {
 	b.channels[ch] = t
 	b.waiters[ch] = append(b.waiters[ch], done)
 	ps := b.pubsub
+	var err error
+	if b.shardedTopic(t) {
+		err = b.shardSubscribeLocked(ctx, t.Name, ch)
+	}
 	b.mu.Unlock()
-	if err := ps.Subscribe(ctx, ch); err != nil {
+	if !b.shardedTopic(t) {
+		err = ps.Subscribe(ctx, ch)
+	}
+	if err != nil {
 		b.dropWaiter(ch, done)
 		return unavailable("subscribe "+ch, err)
 	}
@@ -540,6 +620,44 @@ func (b *Broker) Subscribe(ctx context.Context, t broker.Topic) error {
 		}
 		b.mu.Unlock()
 	}
+	return nil
+}
+
+// publish is a classic PUBLISH. In a cluster go-redis sends a PUBLISH to
+// any node, which passes it to the others over the cluster bus; two
+// publications sent through two nodes can then arrive in either order. So
+// a channel's publications all go through one node: the master of the
+// channel name's slot.
+func (b *Broker) publish(ctx context.Context, ch, msg string) error {
+	if cc, ok := b.rdb.(*redis.ClusterClient); ok {
+		master, err := cc.MasterForKey(ctx, ch)
+		if err != nil {
+			return err
+		}
+		return master.Publish(ctx, ch, msg).Err()
+	}
+	return b.rdb.Publish(ctx, ch, msg).Err()
+}
+
+// shardedTopic reports whether t's channel is a shard channel: a room's,
+// in cluster mode (SPEC §15). User, node and broadcast topics stay on
+// classic pub/sub, which a cluster carries to every node.
+func (b *Broker) shardedTopic(t broker.Topic) bool { return b.sharded() && t.Kind == broker.TopicRoom }
+
+// shardSubscribeLocked subscribes a room's shard channel on its
+// partition's sharded pub/sub connection, which it makes on the
+// partition's first room: made with its first channel, the connection goes
+// to the master of that slot (and after a failover, to the new one, with
+// every channel of the partition: one slot). b.mu is held.
+func (b *Broker) shardSubscribeLocked(ctx context.Context, room, ch string) error {
+	p := partition(room)
+	if ps := b.shards[p]; ps != nil {
+		return ps.SSubscribe(ctx, ch)
+	}
+	ps := b.rdb.SSubscribe(ctx, ch)
+	b.shards[p] = ps
+	b.wg.Add(1)
+	go b.receive(ps)
 	return nil
 }
 
@@ -564,8 +682,12 @@ func (b *Broker) Unsubscribe(ctx context.Context, t broker.Topic) error {
 		delete(b.rooms, t.Name)
 	}
 	ps := b.pubsub
+	unsubscribe := ps.Unsubscribe
+	if b.shardedTopic(t) && b.shards[partition(t.Name)] != nil {
+		unsubscribe = b.shards[partition(t.Name)].SUnsubscribe
+	}
 	b.mu.Unlock()
-	if err := ps.Unsubscribe(ctx, ch); err != nil {
+	if err := unsubscribe(ctx, ch); err != nil {
 		return unavailable("unsubscribe "+ch, err)
 	}
 	return nil
@@ -599,7 +721,11 @@ func (b *Broker) Emit(ctx context.Context, d broker.Delivery) error {
 	default:
 		return fmt.Errorf("emit: kind %d is not emitted", d.Kind)
 	}
-	if err := b.rdb.Publish(ctx, b.channel(d.Topic), env).Err(); err != nil {
+	publish := b.publish
+	if b.shardedTopic(d.Topic) {
+		publish = func(ctx context.Context, ch, msg string) error { return b.rdb.SPublish(ctx, ch, msg).Err() }
+	}
+	if err := publish(ctx, b.channel(d.Topic), env); err != nil {
 		return unavailable("emit to "+b.channel(d.Topic), err)
 	}
 	return nil
@@ -614,7 +740,7 @@ func (b *Broker) receive(ps *redis.PubSub) {
 	for item := range ps.ChannelWithSubscriptions(redis.WithChannelSize(8192), redis.WithChannelHealthCheckInterval(3*time.Second)) {
 		switch m := item.(type) {
 		case *redis.Subscription:
-			if m.Kind != "subscribe" {
+			if m.Kind != "subscribe" && m.Kind != "ssubscribe" {
 				continue
 			}
 			b.mu.Lock()
@@ -629,6 +755,9 @@ func (b *Broker) receive(ps *redis.PubSub) {
 				b.catchUp(t.Name, 0, "")
 			}
 		case *redis.Message:
+			if strings.HasPrefix(m.Channel, b.prefix+"ch:room:") {
+				b.roomTraffic.Add(1)
+			}
 			b.dispatch(m)
 		}
 	}

@@ -15,14 +15,16 @@ import "github.com/redis/go-redis/v9"
 // moves a claim's later one back, which is how MarkStored sees that the
 // room published after its claim.
 //
-// KEYS: meta hash, history list, idempotency key ("" for none), unstored
-// zset ("" without a store)
+// KEYS: meta hash, history list, idempotency key, unstored zset; a key not
+// used ("" or the meta key again: a cluster needs every key in one slot)
 // ARGV: room JSON, tail JSON (`"id":...,"from":...,"text":...,"ts":...`),
 //
 //	new epoch, history size, history TTL ms, key TTL ms, channel, due ms,
-//	room
+//	room, "PUBLISH" or (cluster mode) "SPUBLISH"
 var publishScript = redis.NewScript(`
 local meta, hist, idem, unstored = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if idem == meta then idem = "" end
+if unstored == meta then unstored = "" end
 if idem ~= "" then
   local prev = redis.call("GET", idem)
   if prev then return prev end
@@ -46,7 +48,7 @@ end
 if unstored ~= "" then
   redis.call("ZADD", unstored, "LT", ARGV[8], ARGV[9])
 end
-redis.call("PUBLISH", ARGV[7], "M" .. msg)
+redis.call(ARGV[10] or "PUBLISH", ARGV[7], "M" .. msg)
 return msg
 `)
 

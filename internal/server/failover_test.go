@@ -5,24 +5,77 @@ import (
 	"testing"
 	"time"
 
+	"chat/internal/broker/redisbroker"
 	"chat/internal/chattest"
 	"chat/internal/config"
 	"chat/internal/protocol"
 )
 
-// TestSentinelFailoverLosesNoAcknowledgedMessage runs two replicas in
-// sentinel mode (SPEC §15) and kills the Redis master with SIGKILL in the
-// middle of a stream of sends. During the failover a send answers
-// unavailable and nothing else; each is retried with its key until it is
-// acknowledged. Afterwards the room has its epoch, a member that stayed
-// connected has every message once in order, and a client that joins with
-// since 0 recovers exactly the acknowledged messages, each once.
-func TestSentinelFailoverLosesNoAcknowledgedMessage(t *testing.T) {
+// redisHA is a Redis with replicas whose master a test can kill and
+// start again: a Sentinel setup or a Cluster.
+type redisHA struct {
+	configure func(c *config.Config)
+	// kill SIGKILLs the master of the room's slot.
+	kill func(t *testing.T, room string) (old string)
+	// failover waits until a replica took over from old and starts old
+	// again, as a supervisor would: it becomes a replica, which
+	// MinReplicaAcks 1 needs.
+	failover func(t *testing.T, old, room string)
+}
+
+func sentinelHA(t *testing.T) redisHA {
 	s := chattest.StartSentinel(t)
 	prefix := chattest.UniquePrefix()
-	opts := []func(*config.Config){fastSender, func(c *config.Config) {
-		c.Redis.Mode, c.Redis.MasterName, c.Redis.SentinelAddrs, c.Redis.Prefix = "sentinel", s.MasterName, s.SentinelAddrs, prefix
-	}}
+	return redisHA{
+		configure: func(c *config.Config) {
+			c.Redis.Mode, c.Redis.MasterName, c.Redis.SentinelAddrs, c.Redis.Prefix = "sentinel", s.MasterName, s.SentinelAddrs, prefix
+		},
+		kill: func(t *testing.T, _ string) string { return s.KillMaster(t) },
+		failover: func(t *testing.T, old, _ string) {
+			s.WaitFailover(t, old, 30*time.Second)
+			s.Revive(t, old)
+		},
+	}
+}
+
+func clusterHA(t *testing.T) redisHA {
+	c := chattest.StartRedisCluster(t)
+	prefix := chattest.UniquePrefix()
+	return redisHA{
+		configure: func(cfg *config.Config) {
+			cfg.Redis.Mode, cfg.Redis.Addrs, cfg.Redis.Prefix = "cluster", c.Addrs, prefix
+		},
+		kill: func(t *testing.T, room string) string {
+			old := c.MasterOf(t, redisbroker.PartitionTag(room))
+			c.KillMaster(t, old)
+			return old
+		},
+		failover: func(t *testing.T, old, room string) {
+			c.WaitFailover(t, redisbroker.PartitionTag(room), old, 30*time.Second)
+			c.Revive(t, old)
+		},
+	}
+}
+
+// TestFailoverLosesNoAcknowledgedMessage runs two replicas in sentinel
+// mode, then in cluster mode (SPEC §15), and kills the Redis master of
+// the room (SIGKILL) in the middle of a stream of sends. During the
+// failover a send answers unavailable and nothing else; each is retried
+// with its key until it is acknowledged. Afterwards the room has its
+// epoch, a member that stayed connected has every message once in order,
+// and a client that joins with since 0 recovers exactly the acknowledged
+// messages, each once.
+func TestFailoverLosesNoAcknowledgedMessage(t *testing.T) {
+	for _, mode := range []struct {
+		name  string
+		start func(*testing.T) redisHA
+	}{{"sentinel", sentinelHA}, {"cluster", clusterHA}} {
+		t.Run(mode.name, func(t *testing.T) { testFailover(t, mode.start(t)) })
+	}
+}
+
+func testFailover(t *testing.T, ha redisHA) {
+	opts := []func(*config.Config){fastSender, ha.configure}
 	a, b := chattest.Start(t, opts...), chattest.Start(t, opts...)
 	alice, bob := a.DialName(t, "alice"), b.DialName(t, "bob")
 	join := alice.Join("ha")
@@ -34,19 +87,13 @@ func TestSentinelFailoverLosesNoAcknowledgedMessage(t *testing.T) {
 	var killed time.Time
 	for i := 1; i <= total; i++ {
 		if i == killAt {
-			// The master dies; while the sentinels fail over, a send
-			// answers unavailable. The dead master is started again
-			// (empty) once the replica took over, as a supervisor would,
-			// and becomes the new master's replica: MinReplicaAcks 1
-			// needs one.
-			old := s.KillMaster(t)
+			old := ha.kill(t, "ha")
 			killed = time.Now()
 			if r := alice.DoWithin("send", map[string]any{"room": "ha", "text": "m20", "key": "k20"}, faultReply); r.Err == nil || r.Err.Code != protocol.CodeUnavailable {
 				t.Fatalf("send right after the master died = %s / %+v, want unavailable", r.Result, r.Err)
 			}
 			unavailable++
-			s.WaitFailover(t, old, 30*time.Second)
-			s.Revive(t, old)
+			ha.failover(t, old, "ha")
 		}
 		deadline := time.Now().Add(faultRecover)
 		for {
