@@ -97,8 +97,9 @@ func NewNode(cfg config.ChatConf, newBroker NewBroker, opts ...Option) (*Node, e
 	ctx, cancel := brokerContext(context.Background())
 	defer cancel()
 	if err := b.Subscribe(ctx, broker.NodeTopic(n.ID)); err != nil {
-		_ = b.Close()
-		return nil, fmt.Errorf("subscribe to the node's topic: %w", err)
+		// Redis is down: the node starts anyway (/readyz answers 503), and
+		// the broker subscribes the topic when Redis is back.
+		logx.Errorf("subscribe to the node's topic: %v (retried when the broker is back)", err)
 	}
 	h := n.hub
 	n.presenceStop, n.presenceDone = make(chan struct{}), make(chan struct{})

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"chat/internal/chattest"
+	"chat/internal/config"
 	"chat/internal/protocol"
 )
 
@@ -416,4 +417,65 @@ func startEcho(t *testing.T) string {
 		wg.Wait()
 	})
 	return ln.Addr().String()
+}
+
+// TestNodeStartsWhileRedisIsDownAndFollowsWhenItIsBack: a replica started
+// while its Redis cannot be reached starts anyway, answers /readyz 503,
+// and once Redis is reachable serves connections and reaches one of them
+// through its node's own topic (a kick of one connection), which it could
+// not subscribe at start.
+func TestNodeStartsWhileRedisIsDownAndFollowsWhenItIsBack(t *testing.T) {
+	proxy := chattest.StartFaultProxy(t, chattest.RedisAddr(t))
+	proxy.Cut()
+	s := chattest.Start(t, chattest.WithRedis(proxy.Addr(), chattest.UniquePrefix()), func(c *config.Config) { c.Chat.ApiKey = "k" })
+	if code := getStatus(t, s.URL+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz with Redis down = %d, want 503", code)
+	}
+	proxy.Restore()
+	deadline := time.Now().Add(faultRecover)
+	for getStatus(t, s.URL+"/readyz") != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz not 200 %v after Redis came back", faultRecover)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var alice *chattest.Client
+	for alice == nil {
+		c, resp, err := chattest.DialURL(t, s.WSURL+"?name=alice", nil)
+		if err == nil {
+			alice = c
+			break
+		}
+		if resp == nil || time.Now().After(deadline) {
+			t.Fatalf("dial after Redis came back: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	alice.Join("back")
+	alice.Say("back", "hello")
+	// DELETE /api/clients/:client goes through the node's topic.
+	for {
+		req, _ := http.NewRequest(http.MethodDelete, s.URL+"/api/clients/"+alice.Welcome.Str("client"), nil)
+		req.Header.Set("X-API-Key", "k")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("DELETE /api/clients/... = %d", resp.StatusCode)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	select {
+	case <-alice.Done():
+	case <-time.After(chattest.Timeout):
+		t.Fatal("the kicked connection is still open: the node's topic was never subscribed")
+	}
+	if code := alice.CloseCode(); code != 4003 {
+		t.Fatalf("close code %d, want 4003", code)
+	}
 }
