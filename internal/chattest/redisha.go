@@ -456,8 +456,8 @@ func redisArgs(port int, dir string) []string {
 }
 
 // startRedisProcess runs bin with args, expected to serve 127.0.0.1:port,
-// and waits until it answers PING (as startRedisServer does for a plain
-// server).
+// and waits until it answers PING. Every server of the tests starts here
+// (startRedisServer for a plain one).
 func startRedisProcess(bin string, port int, args ...string) (*RedisServer, error) {
 	s := &RedisServer{Addr: fmt.Sprintf("127.0.0.1:%d", port), exited: make(chan struct{}), out: &lockedBuffer{}}
 	s.cmd = exec.Command(bin, args...)

@@ -13,7 +13,23 @@ import (
 // whose sends need a replica's confirmation (MinReplicaAcks) has none.
 func (s *Sentinel) Revive(t testing.TB, addr string) {
 	t.Helper()
-	p, ok := s.procs[addr]
+	// --dir: a replica's sync writes its dump there, not in the package.
+	s.procs.revive(t, addr, func(port int) []string { return redisArgs(port, t.TempDir()) })
+}
+
+// Revive starts the killed node at addr again with its cluster config: it
+// rejoins the cluster and, its slots having moved to its replica, becomes
+// that new master's replica.
+func (c *RedisCluster) Revive(t testing.TB, addr string) {
+	t.Helper()
+	c.procs.revive(t, addr, func(port int) []string { return clusterNodeArgs(port, c.dir) })
+}
+
+// revive kills the process at addr (if it still runs) and starts
+// redis-server there again with args.
+func (ps haProcs) revive(t testing.TB, addr string, args func(port int) []string) {
+	t.Helper()
+	p, ok := ps[addr]
 	if !ok {
 		t.Fatalf("%s is none of this setup's servers", addr)
 	}
@@ -26,37 +42,10 @@ func (s *Sentinel) Revive(t testing.TB, addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// --dir: a replica's sync writes its dump there, not in the package.
-	fresh, err := startRedisProcess(bin, port, redisArgs(port, t.TempDir())...)
+	fresh, err := startRedisProcess(bin, port, args(port)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.procs[addr] = fresh
-	t.Cleanup(fresh.kill)
-}
-
-// Revive starts the killed node at addr again with its cluster config: it
-// rejoins the cluster and, its slots having moved to its replica, becomes
-// that new master's replica.
-func (c *RedisCluster) Revive(t testing.TB, addr string) {
-	t.Helper()
-	p, ok := c.procs[addr]
-	if !ok {
-		t.Fatalf("%s is none of this cluster's nodes", addr)
-	}
-	p.kill()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, err := strconv.Atoi(addr[strings.LastIndexByte(addr, ':')+1:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	fresh, err := startRedisProcess(bin, port, clusterNodeArgs(port, c.dir)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.procs[addr] = fresh
+	ps[addr] = fresh
 	t.Cleanup(fresh.kill)
 }

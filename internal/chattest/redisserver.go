@@ -2,15 +2,12 @@ package chattest
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os/exec"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // RedisServer is a redis-server process of the test's own, on a free port,
@@ -54,35 +51,8 @@ func StartRedisServer(t testing.TB) *RedisServer {
 }
 
 func startRedisServer(bin string, port int) (*RedisServer, error) {
-	s := &RedisServer{Addr: fmt.Sprintf("127.0.0.1:%d", port), exited: make(chan struct{}), out: &lockedBuffer{}}
-	s.cmd = exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
+	return startRedisProcess(bin, port, "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--daemonize", "no")
-	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start redis-server: %w", err)
-	}
-	go func() { _ = s.cmd.Wait(); close(s.exited) }()
-	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
-	defer rdb.Close()
-	deadline := time.Now().Add(redisStart)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := rdb.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return s, nil
-		}
-		select {
-		case <-s.exited:
-			return nil, fmt.Errorf("redis-server on port %d exited: %s", port, s.out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			s.kill()
-			return nil, fmt.Errorf("redis-server on port %d did not answer PING within %v: %v; output: %s", port, redisStart, err, s.out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // PID is the server's process id.
