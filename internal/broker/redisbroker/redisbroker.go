@@ -61,19 +61,19 @@ type Broker struct {
 	prefix  string
 	started time.Time // when the node started, for Nodes
 
-	mu     sync.Mutex
-	pubsub *redis.PubSub
-	shards map[int]*redis.PubSub // cluster mode: a sharded pub/sub connection per partition with members here
-
 	// roomTraffic counts what arrived on room channels: a node receives
 	// its rooms' traffic only (checked by the cluster tests).
 	roomTraffic atomic.Int64
-	channels    map[string]broker.Topic // subscribed channel -> topic
-	waiters     map[string][]chan struct{}
-	rooms       map[string]*roomState // subscribed rooms: what was delivered
-	conns       map[string]broker.Conn
-	joins       map[string]map[string]broker.Conn // room -> client -> conn
-	probed      time.Time                         // when the last probe came back
+
+	mu       sync.Mutex
+	pubsub   *redis.PubSub
+	shards   map[int]*redis.PubSub   // cluster mode: a sharded pub/sub connection per partition with members here
+	channels map[string]broker.Topic // subscribed channel -> topic
+	waiters  map[string][]chan struct{}
+	rooms    map[string]*roomState // subscribed rooms: what was delivered
+	conns    map[string]broker.Conn
+	joins    map[string]map[string]broker.Conn // room -> client -> conn
+	probed   time.Time                         // when the last probe came back
 
 	stop chan struct{}
 	wg   sync.WaitGroup
