@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -218,18 +219,25 @@ func TestRoomsHistoryAndLeave(t *testing.T) {
 	alice.waitJS("design back in other rooms", `!!document.querySelector('#directory li[data-dir-room="design"]')`)
 }
 
-// TestDirectMessageToOfflineUserIsMarkedNotDelivered: a direct message to
-// someone who has gone is marked failed next to the message, saying so.
-func TestDirectMessageToOfflineUserIsMarkedNotDelivered(t *testing.T) {
-	s := chattest.Start(t)
+// aliceWritingToBob connects bob (a WebSocket client in #general) and
+// opens alice's page on a direct conversation with him, from the member list.
+func aliceWritingToBob(t *testing.T, s *chattest.Server, browser context.Context) (*tab, *chattest.Client) {
+	t.Helper()
 	bob := s.DialName(t, "bob")
 	bob.Join("general")
-	browser := newBrowser(t)
 	alice := openTab(t, browser, s.URL+"/", "alice")
 	alice.pickName("alice")
 	alice.waitMembers("alice", "bob")
 	alice.do(chromedp.Click(chromedp.CSS(`#members li[data-user="bob"] button`)))
 	alice.waitJS("direct conversation open", `document.getElementById('room-title').textContent === '@bob'`)
+	return alice, bob
+}
+
+// TestDirectMessageToOfflineUserIsMarkedNotDelivered: a direct message to
+// someone who has gone is marked failed next to the message, saying so.
+func TestDirectMessageToOfflineUserIsMarkedNotDelivered(t *testing.T) {
+	s := chattest.Start(t)
+	alice, bob := aliceWritingToBob(t, s, newBrowser(t))
 
 	_ = bob.WS.Close()
 	alice.typeInComposer("are you there?\r")

@@ -23,14 +23,8 @@ import (
 // direct conversations in memory only, so the conversation is gone.
 func TestOfflineDirectsWaitForTheRecipient(t *testing.T) {
 	s := chattest.Start(t, chattest.WithStore(chattest.NewStoreDSN(t, "sqlite")))
-	bobWS := s.DialName(t, "bob")
-	bobWS.Join("general")
 	browser := newBrowser(t)
-	alice := openTab(t, browser, s.URL+"/", "alice")
-	alice.pickName("alice")
-	alice.waitMembers("alice", "bob")
-	alice.do(chromedp.Click(chromedp.CSS(`#members li[data-user="bob"] button`)))
-	alice.waitJS("direct conversation open", `document.getElementById('room-title').textContent === '@bob'`)
+	alice, bobWS := aliceWritingToBob(t, s, browser)
 
 	_ = bobWS.WS.Close()
 	waitUserOffline(t, s, "bob")
