@@ -11,7 +11,6 @@ import (
 	"chat/internal/broker/brokertest"
 	"chat/internal/broker/redisbroker"
 	"chat/internal/chattest"
-	"chat/internal/protocol"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -40,15 +39,7 @@ func (c *clusterCluster) Advance(_ *testing.T, d time.Duration) { time.Sleep(d) 
 
 func newClusterNode(t *testing.T, addrs []string, prefix string, opts broker.Options, h broker.Handler) broker.Broker {
 	t.Helper()
-	b, err := redisbroker.New(redisbroker.Options{
-		Options: opts, Mode: redisbroker.ModeCluster, Addrs: addrs,
-		Prefix: prefix, Node: broker.NewEpoch(), ProbeInterval: time.Second,
-		MinReplicaAcks: 1,
-	}, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return newHANode(t, redisbroker.Options{Options: opts, Mode: redisbroker.ModeCluster, Addrs: addrs, Prefix: prefix}, h)
 }
 
 // TestClusterNodeReceivesOnlyItsRoomsTraffic: rooms are published on
@@ -132,5 +123,3 @@ func publishesOverTheBus(t *testing.T, addrs []string) int64 {
 	}
 	return sum
 }
-
-var _ = protocol.Message{}

@@ -27,12 +27,18 @@ type sentinelCluster struct {
 }
 
 func (c *sentinelCluster) Node(t *testing.T, h broker.Handler) broker.Broker {
-	b, err := redisbroker.New(redisbroker.Options{
+	return newHANode(t, redisbroker.Options{
 		Options: c.opts, Mode: redisbroker.ModeSentinel,
-		MasterName: c.s.MasterName, SentinelAddrs: c.s.SentinelAddrs,
-		Prefix: c.prefix, Node: broker.NewEpoch(), ProbeInterval: time.Second,
-		MinReplicaAcks: 1,
+		MasterName: c.s.MasterName, SentinelAddrs: c.s.SentinelAddrs, Prefix: c.prefix,
 	}, h)
+}
+
+// newHANode starts a node of a replicated Redis (sentinel or cluster mode)
+// whose publishes a replica confirms (MinReplicaAcks 1).
+func newHANode(t *testing.T, o redisbroker.Options, h broker.Handler) broker.Broker {
+	t.Helper()
+	o.Node, o.ProbeInterval, o.MinReplicaAcks = broker.NewEpoch(), time.Second, 1
+	b, err := redisbroker.New(o, h)
 	if err != nil {
 		t.Fatal(err)
 	}
